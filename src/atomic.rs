@@ -1,0 +1,631 @@
+//! Directories in which files appear only whole, and anonymous entries whose
+//! lock is held before anyone can see them.
+//!
+//! A file is filled under a name nobody else uses, then put in place in one
+//! step: with `O_TMPFILE` and `linkat` where the file system allows (nothing
+//! is visible until the link), else as a write-locked `uuid-*` temporary
+//! renamed into place (`renameat2(RENAME_NOREPLACE)`, or `link` + `unlink`
+//! where the file system refuses that flag). What works is detected on first
+//! use and remembered per directory handle.
+
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{
+    linkat, mkdirat, openat, renameat, renameat_with, unlinkat, AtFlags, Mode, OFlags, RenameFlags,
+    CWD,
+};
+use rustix::io::Errno;
+
+use crate::error::{Error, IoContext, Op, Result};
+use crate::feature::{FsFeatures, Support};
+use crate::lock::{FileLock, LockKind, Wait};
+use crate::tree;
+
+/// The lock file of an entry directory.
+pub(crate) const LOCK_FILE: &str = "object.lock";
+
+/// A fresh anonymous name: `uuid-` and 32 lowercase hex digits of a v4 UUID.
+pub fn anonymous_name() -> String {
+    format!("uuid-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Whether to replace an existing file at the target name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    /// Leave an existing file alone and report [`Written::Exists`].
+    No,
+    /// Replace it atomically: readers see the old or the new content.
+    Yes,
+}
+
+/// What [`Dir::write_file`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Written {
+    /// The file is in place with our content.
+    Created,
+    /// A file already had the name ([`Replace::No`]); ours was discarded.
+    Exists,
+}
+
+/// An open directory that every operation of this crate works relative to.
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+    features: FsFeatures,
+}
+
+impl fmt::Debug for Dir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dir").field("path", &self.path).finish()
+    }
+}
+
+impl AsFd for Dir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Dir {
+    /// Open the directory at `path` (links in `path` itself are followed:
+    /// it is the caller's).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if it cannot be opened or is not a directory.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fscache::atomic::{Dir, Replace, Written};
+    /// let t = tempfile::tempdir()?;
+    /// let dir = Dir::open(t.path())?;
+    /// assert_eq!(dir.write_file("a", b"1", Replace::No, &dir)?, Written::Created);
+    /// assert_eq!(dir.write_file("a", b"2", Replace::No, &dir)?, Written::Exists);
+    /// dir.write_file("a", b"3", Replace::Yes, &dir)?;
+    /// assert_eq!(std::fs::read(t.path().join("a"))?, b"3");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open(path: impl AsRef<Path>) -> Result<Dir> {
+        let path = path.as_ref();
+        let fd = openat(
+            CWD,
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .at(Op::Open, || path.to_owned())?;
+        Ok(Dir::from_fd(fd, path.to_owned()))
+    }
+
+    pub(crate) fn from_fd(fd: OwnedFd, path: PathBuf) -> Dir {
+        Dir {
+            fd,
+            path,
+            features: FsFeatures::detect(),
+        }
+    }
+
+    /// Open the subdirectory `name`, refusing a link.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`]: `ELOOP` or `ENOTDIR` when `name` is a link or a file.
+    pub fn open_dir(&self, name: &str) -> Result<Dir> {
+        let fd = tree::open_dir(self.as_fd(), name).at(Op::Open, || self.join(name))?;
+        Ok(Dir::from_fd(fd, self.join(name)))
+    }
+
+    /// Create the subdirectory `name` unless something has that name.
+    /// Returns whether it was created.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] for any failure other than `EEXIST`.
+    pub fn create_dir(&self, name: &str) -> Result<bool> {
+        match mkdirat(self.as_fd(), name, Mode::from_raw_mode(0o755)) {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(e).at(Op::CreateDir, || self.join(name)),
+        }
+    }
+
+    /// The path this directory was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `path()` joined with `rel`, for messages and for callers.
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Lock the existing file `rel` below this directory with the safe-open
+    /// loop (see [`FileLock::open`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`FileLock::open`].
+    pub fn lock(&self, rel: &str, kind: LockKind, wait: Wait) -> Result<FileLock> {
+        FileLock::open_at(self.as_fd(), rel, kind, wait, OFlags::empty(), || {
+            self.join(rel)
+        })
+    }
+
+    /// Put a file named `name` with `content` in this directory atomically:
+    /// it appears at its name complete or not at all. A temporary name, if
+    /// one is needed, is taken in `temp` (the cache uses `objects/`, where
+    /// the orphan sweep finds what a crash leaves); `temp` must be on the
+    /// same file system.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] or [`Error::Rename`] naming the failing step.
+    pub fn write_file(
+        &self,
+        name: &str,
+        content: &[u8],
+        replace: Replace,
+        temp: &Dir,
+    ) -> Result<Written> {
+        if replace == Replace::No {
+            if let Some(fd) = self.open_tmpfile()? {
+                write_all(fd.as_fd(), content, &self.join(name))?;
+                return match self.link_tmpfile(fd.as_fd(), self.as_fd(), name, &self.join(name))? {
+                    Some(()) => Ok(Written::Created),
+                    None => Ok(Written::Exists),
+                };
+            }
+        }
+        self.put_named(name, content, replace, temp)
+            .map(|held| match held {
+                Some(_) => Written::Created,
+                None => Written::Exists,
+            })
+    }
+
+    /// Replace `name` with a file holding `content` and return the lock we
+    /// hold on the new file: whoever locks `name` next waits for us. The
+    /// size accounting uses this to stay inside its critical section across
+    /// the replacement.
+    pub(crate) fn replace_locked(
+        &self,
+        name: &str,
+        content: &[u8],
+        temp: &Dir,
+    ) -> Result<FileLock> {
+        let held = self.put_named(name, content, Replace::Yes, temp)?;
+        Ok(held
+            .expect("a replacing rename cannot find the name taken")
+            .with_path(self.join(name)))
+    }
+
+    /// Fill a locked `uuid-*` temporary in `temp` and rename it to `name`;
+    /// `None` if the name is taken and `replace` is [`Replace::No`].
+    fn put_named(
+        &self,
+        name: &str,
+        content: &[u8],
+        replace: Replace,
+        temp: &Dir,
+    ) -> Result<Option<FileLock>> {
+        loop {
+            let (temp_name, lock) = temp.create_temp()?;
+            let cleanup = scopeguard::guard((), |()| {
+                let _ = unlinkat(temp.as_fd(), temp_name.as_str(), AtFlags::empty());
+            });
+            write_all(lock.as_fd(), content, &temp.join(&temp_name))?;
+            crate::failpoint!("put-before-rename");
+            let moved = match replace {
+                Replace::Yes => renameat(temp.as_fd(), temp_name.as_str(), self.as_fd(), name),
+                Replace::No => temp.rename_noreplace(&temp_name, self.as_fd(), name),
+            };
+            match moved {
+                Ok(()) => {
+                    scopeguard::ScopeGuard::into_inner(cleanup);
+                    return Ok(Some(lock));
+                }
+                Err(Errno::EXIST) | Err(Errno::NOTEMPTY) if replace == Replace::No => {
+                    return Ok(None)
+                }
+                // A sweeper that saw the temporary before we locked it
+                // removed it: take another name.
+                Err(Errno::NOENT) if renamed_source_gone(temp, &temp_name) => continue,
+                Err(e) => {
+                    return Err(Error::Rename {
+                        from: temp.join(&temp_name),
+                        to: self.join(name),
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Create an anonymous `uuid-*` directory here whose `object.lock` we
+    /// hold exclusively from before the moment it appears in the directory.
+    ///
+    /// An orphan sweep may remove the directory in the short window before
+    /// the lock is linked into it; that only makes us start again under a
+    /// new name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] naming the step that failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fscache::atomic::Dir;
+    /// let t = tempfile::tempdir()?;
+    /// let store = Dir::open(t.path())?;
+    /// let entry = store.create_anonymous()?;
+    /// assert!(entry.name().starts_with("uuid-"));
+    /// assert!(t.path().join(entry.name()).join("object.lock").exists());
+    /// entry.remove()?;
+    /// assert_eq!(std::fs::read_dir(t.path())?.count(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create_anonymous(&self) -> Result<AnonymousDir<'_>> {
+        loop {
+            let name = anonymous_name();
+            let lock_path = || self.join(&name).join(LOCK_FILE);
+            // The lock file, already locked, under a name nobody can see.
+            let tmpfile = self.open_tmpfile()?;
+            let (lock, temp_name) = match tmpfile {
+                Some(fd) => (
+                    FileLock::acquire(fd, LockKind::Exclusive, Wait::Never, lock_path())?,
+                    None,
+                ),
+                None => {
+                    let (temp_name, lock) = self.create_temp()?;
+                    (lock, Some(temp_name))
+                }
+            };
+            let drop_temp = scopeguard::guard(temp_name.clone(), |t| {
+                if let Some(t) = t {
+                    let _ = unlinkat(self.as_fd(), t.as_str(), AtFlags::empty());
+                }
+            });
+            crate::failpoint!("anon-before-mkdir");
+            mkdirat(self.as_fd(), name.as_str(), Mode::from_raw_mode(0o755))
+                .at(Op::CreateDir, || self.join(&name))?;
+            crate::failpoint!("anon-after-mkdir");
+            let dir = match tree::open_dir(self.as_fd(), &name) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e).at(Op::Open, || self.join(&name)),
+            };
+            let linked = match &temp_name {
+                None => self.link_tmpfile(lock.as_fd(), dir.as_fd(), LOCK_FILE, &lock_path()),
+                Some(t) => match self.rename_noreplace(t, dir.as_fd(), LOCK_FILE) {
+                    Ok(()) => Ok(Some(())),
+                    Err(Errno::EXIST) | Err(Errno::NOENT) => Ok(None),
+                    Err(e) => Err(Error::Rename {
+                        from: self.join(t),
+                        to: lock_path(),
+                        source: e.into(),
+                    }),
+                },
+            };
+            match linked {
+                Ok(Some(())) => {
+                    scopeguard::ScopeGuard::into_inner(drop_temp);
+                    // The rename moved the name; the guard's path is right.
+                    let lock = relabel(lock, lock_path());
+                    return Ok(AnonymousDir {
+                        parent: self,
+                        dir: Dir::from_fd(dir, self.join(&name)),
+                        name,
+                        lock,
+                    });
+                }
+                // A sweeper removed the directory (ENOENT) or claimed it
+                // with a lock of its own (EEXIST), and will remove it.
+                Ok(None) => continue,
+                Err(e) => {
+                    let _ = unlinkat(self.as_fd(), name.as_str(), AtFlags::REMOVEDIR);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Create, open and lock a `uuid-*` temporary file here.
+    fn create_temp(&self) -> Result<(String, FileLock)> {
+        loop {
+            let name = anonymous_name();
+            let flags =
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = match openat(
+                self.as_fd(),
+                name.as_str(),
+                flags,
+                Mode::from_raw_mode(0o644),
+            ) {
+                Ok(fd) => fd,
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e).at(Op::Create, || self.join(&name)),
+            };
+            match FileLock::acquire(fd, LockKind::Exclusive, Wait::Never, self.join(&name)) {
+                Ok(lock) => return Ok((name, lock)),
+                // A sweeper locked it between our create and our lock; it
+                // will unlink it.
+                Err(Error::WouldBlock { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// An unnamed file in this directory, or `None` where the file system
+    /// has no `O_TMPFILE`.
+    fn open_tmpfile(&self) -> Result<Option<OwnedFd>> {
+        if !self.features.tmpfile.usable() {
+            return Ok(None);
+        }
+        match openat(
+            self.as_fd(),
+            ".",
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::OPNOTSUPP) | Err(Errno::ISDIR) | Err(Errno::INVAL) | Err(Errno::NOENT) => {
+                self.features.tmpfile.set(Support::No);
+                Ok(None)
+            }
+            Err(e) => Err(e).at(Op::Create, || self.path.clone()),
+        }
+    }
+
+    /// Link an `O_TMPFILE` file as `name` in `into`; `None` if the name is
+    /// taken or `into` is gone. `AT_EMPTY_PATH` needs `CAP_DAC_READ_SEARCH`;
+    /// without it the `/proc/self/fd` link does the same.
+    fn link_tmpfile(
+        &self,
+        fd: BorrowedFd<'_>,
+        into: BorrowedFd<'_>,
+        name: &str,
+        path: &Path,
+    ) -> Result<Option<()>> {
+        let mut result = Err(Errno::NOENT);
+        if self.features.tmpfile.get() != Support::Alternate {
+            result = linkat(fd, "", into, name, AtFlags::EMPTY_PATH);
+            match result {
+                Err(Errno::NOENT) | Err(Errno::PERM) if !is_dir_gone(into) => {
+                    self.features.tmpfile.set(Support::Alternate)
+                }
+                _ => self.features.tmpfile.set(Support::Yes),
+            }
+        }
+        if self.features.tmpfile.get() == Support::Alternate {
+            let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+            result = linkat(CWD, proc_path.as_str(), into, name, AtFlags::SYMLINK_FOLLOW);
+        }
+        match result {
+            Ok(()) => Ok(Some(())),
+            Err(Errno::EXIST) | Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(e).at(Op::Link, || path.to_owned()),
+        }
+    }
+
+    /// `renameat2(RENAME_NOREPLACE)` of our temporary, or `link` + `unlink`
+    /// where the file system refuses the flag.
+    fn rename_noreplace(
+        &self,
+        temp_name: &str,
+        into: BorrowedFd<'_>,
+        name: &str,
+    ) -> rustix::io::Result<()> {
+        if self.features.noreplace.usable() {
+            match renameat_with(self.as_fd(), temp_name, into, name, RenameFlags::NOREPLACE) {
+                Err(Errno::INVAL) | Err(Errno::NOSYS) => self.features.noreplace.set(Support::No),
+                other => {
+                    self.features.noreplace.set(Support::Yes);
+                    return other;
+                }
+            }
+        }
+        linkat(self.as_fd(), temp_name, into, name, AtFlags::empty())?;
+        let _ = unlinkat(self.as_fd(), temp_name, AtFlags::empty());
+        Ok(())
+    }
+
+    /// Rename the entry `from` in this directory to `to`, failing with
+    /// `EEXIST`/`ENOTEMPTY` if `to` is taken. Where the file system refuses
+    /// `RENAME_NOREPLACE`, a plain rename is used: it cannot replace the
+    /// non-empty directory of an existing entry.
+    pub(crate) fn rename_dir_noreplace(&self, from: &str, to: &str) -> rustix::io::Result<()> {
+        if self.features.noreplace.usable() {
+            match renameat_with(self.as_fd(), from, self.as_fd(), to, RenameFlags::NOREPLACE) {
+                Err(Errno::INVAL) | Err(Errno::NOSYS) => self.features.noreplace.set(Support::No),
+                other => return other,
+            }
+        }
+        renameat(self.as_fd(), from, self.as_fd(), to)
+    }
+}
+
+/// Whether a rename failed because our temporary vanished (as opposed to
+/// the target directory).
+fn renamed_source_gone(temp: &Dir, temp_name: &str) -> bool {
+    matches!(
+        rustix::fs::statat(temp.as_fd(), temp_name, AtFlags::SYMLINK_NOFOLLOW),
+        Err(Errno::NOENT)
+    )
+}
+
+/// Whether a directory we hold open has been removed.
+fn is_dir_gone(dir: BorrowedFd<'_>) -> bool {
+    matches!(rustix::fs::fstat(dir), Ok(st) if st.st_nlink == 0)
+}
+
+fn relabel(lock: FileLock, path: PathBuf) -> FileLock {
+    lock.with_path(path)
+}
+
+/// Write all of `buf` at the start of `fd`.
+pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8], path: &Path) -> Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::write(fd, buf) {
+            Ok(0) => return Err(Errno::NOSPC).at(Op::Write, || path.to_owned()),
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e).at(Op::Write, || path.to_owned()),
+        }
+    }
+    Ok(())
+}
+
+/// An anonymous `uuid-*` directory whose `object.lock` we hold exclusively.
+///
+/// Dropping it releases the lock and leaves the directory: anyone may then
+/// sweep it as an orphan. Call [`AnonymousDir::remove`] to remove it.
+#[must_use = "dropping it leaves an orphan directory for the next sweep"]
+pub struct AnonymousDir<'a> {
+    parent: &'a Dir,
+    dir: Dir,
+    name: String,
+    lock: FileLock,
+}
+
+impl fmt::Debug for AnonymousDir<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnonymousDir")
+            .field("path", &self.dir.path())
+            .finish()
+    }
+}
+
+impl<'a> AnonymousDir<'a> {
+    /// Its `uuid-*` name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The directory itself.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    /// The directory it lives in.
+    pub fn parent(&self) -> &'a Dir {
+        self.parent
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The held lock on its `object.lock`.
+    pub fn lock(&self) -> &FileLock {
+        &self.lock
+    }
+
+    /// Split into the open directory, its name and the lock.
+    pub(crate) fn into_parts(self) -> (Dir, String, FileLock) {
+        (self.dir, self.name, self.lock)
+    }
+
+    /// Remove it with the removal protocol: `object.info` first, then all
+    /// but the lock, then the lock, then the directory; the lock is released
+    /// last.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] naming the step that failed; what is left is an
+    /// unlocked `uuid-*` directory that the next orphan sweep removes.
+    pub fn remove(self) -> Result<()> {
+        remove_entry(self.parent, &self.name, &self.dir)
+    }
+}
+
+/// The removal protocol, for a directory whose lock the caller holds
+/// exclusively (or that nobody can lock any more).
+pub(crate) fn remove_entry(parent: &Dir, name: &str, dir: &Dir) -> Result<()> {
+    match unlinkat(dir.as_fd(), crate::info::OBJECT_INFO, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => {}
+        Err(e) => return Err(e).at(Op::Unlink, || dir.join(crate::info::OBJECT_INFO)),
+    }
+    crate::failpoint!("remove-after-info");
+    tree::remove_contents(dir.as_fd(), dir.path(), Some(LOCK_FILE))?;
+    crate::failpoint!("remove-before-lock");
+    match unlinkat(dir.as_fd(), LOCK_FILE, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => {}
+        Err(e) => return Err(e).at(Op::Unlink, || dir.join(LOCK_FILE)),
+    }
+    // Someone may have reclaimed the empty directory by linking their own
+    // lock into it: then it is theirs and stays.
+    match unlinkat(parent.as_fd(), name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) | Err(Errno::NOTEMPTY) | Err(Errno::EXIST)
+        | Err(Errno::BUSY) => Ok(()),
+        Err(e) => Err(e).at(Op::RemoveDir, || parent.join(name)),
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn each_mode(f: impl Fn(&Dir)) {
+        for disable in ["", "tmpfile", "noreplace", "tmpfile,noreplace"] {
+            let t = tempfile::tempdir().unwrap();
+            let dir = Dir::open(t.path()).unwrap();
+            for d in disable.split(',') {
+                match d {
+                    "tmpfile" => dir.features.tmpfile.set(Support::No),
+                    "noreplace" => dir.features.noreplace.set(Support::No),
+                    _ => {}
+                }
+            }
+            f(&dir);
+        }
+    }
+
+    #[test]
+    fn files_appear_whole_and_a_taken_name_is_reported_in_every_mode() {
+        each_mode(|dir| {
+            assert_eq!(
+                dir.write_file("f", b"one", Replace::No, dir).unwrap(),
+                Written::Created
+            );
+            assert_eq!(
+                dir.write_file("f", b"two", Replace::No, dir).unwrap(),
+                Written::Exists
+            );
+            assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"one");
+            assert_eq!(
+                dir.write_file("f", b"three", Replace::Yes, dir).unwrap(),
+                Written::Created
+            );
+            assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"three");
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(
+                names,
+                vec![std::ffi::OsString::from("f")],
+                "no temporary may be left"
+            );
+        });
+    }
+
+    #[test]
+    fn an_anonymous_dir_is_locked_when_it_appears_and_removal_leaves_nothing() {
+        each_mode(|dir| {
+            let anon = dir.create_anonymous().unwrap();
+            let rel = format!("{}/{}", anon.name(), LOCK_FILE);
+            let other = dir.lock(&rel, LockKind::Shared, Wait::Never);
+            assert!(matches!(other, Err(Error::WouldBlock { .. })), "{other:?}");
+            assert_eq!(anon.lock().path(), dir.join(&rel));
+            std::fs::create_dir(anon.path().join("data")).unwrap();
+            anon.remove().unwrap();
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        });
+    }
+}

@@ -1,0 +1,2 @@
+//! The `fscache` command.
+fn main() {}

@@ -1,0 +1,87 @@
+//! `stage()`: scratch space in `stage/`, removed when done.
+
+use std::fmt;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{mkdirat, Mode};
+
+use crate::atomic::AnonymousDir;
+use crate::error::{IoContext, Op, Result};
+use crate::info::DATA;
+use crate::FsCache;
+
+/// A private scratch directory; [`StageGuard::path`] is its empty `data/`.
+/// Dropping the guard removes it. Staging works on every cache, whatever
+/// its version.
+#[must_use = "the staging directory is removed as soon as the guard is dropped"]
+pub struct StageGuard<'c> {
+    entry: Option<AnonymousDir<'c>>,
+    data: PathBuf,
+}
+
+impl fmt::Debug for StageGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageGuard")
+            .field("data", &self.data)
+            .finish()
+    }
+}
+
+impl FsCache {
+    /// Create a scratch directory in `stage/`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`](crate::Error::Io) if it cannot be created.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let cache = fscache::FsCache::open("my-tool", dir.path())?;
+    /// let scratch = cache.stage()?;
+    /// std::fs::write(scratch.path().join("tmp"), "x").unwrap();
+    /// let path = scratch.path().to_owned();
+    /// drop(scratch);
+    /// assert!(!path.exists());
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
+    pub fn stage(&self) -> Result<StageGuard<'_>> {
+        let entry = self.stage_dir().create_anonymous()?;
+        let data = entry.path().join(DATA);
+        if let Err(e) = mkdirat(entry.dir().as_fd(), DATA, Mode::from_raw_mode(0o755)) {
+            let _ = entry.remove();
+            return Err(e).at(Op::CreateDir, || data);
+        }
+        Ok(StageGuard {
+            entry: Some(entry),
+            data,
+        })
+    }
+}
+
+impl StageGuard<'_> {
+    /// The scratch directory.
+    pub fn path(&self) -> &Path {
+        &self.data
+    }
+
+    /// Remove the scratch directory, reporting failure.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`](crate::Error::Io) if removal fails; what is left is an
+    /// unlocked orphan for the next sweep.
+    pub fn close(mut self) -> Result<()> {
+        self.entry.take().map_or(Ok(()), AnonymousDir::remove)
+    }
+}
+
+impl Drop for StageGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            let _ = entry.remove();
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! `store(name)`: fill an anonymous entry, then commit it under its name.
+
+use std::fmt;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{mkdirat, openat, statat, unlinkat, AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::atomic::{write_all, AnonymousDir};
+use crate::error::{Error, IoContext, Op, Result};
+use crate::info::{MaxSize, ObjectInfo, DATA, OBJECT_INFO};
+use crate::name::validate_name;
+use crate::tree;
+use crate::FsCache;
+
+/// What [`StoreGuard::commit`] did with the entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a commit may store nothing; check what happened"]
+#[non_exhaustive]
+pub enum Commit {
+    /// Stored under its name, accounting `size` bytes.
+    Stored {
+        /// The bytes accounted (and recorded in `object.info`).
+        size: u64,
+    },
+    /// An entry of that name exists already and wins; ours is gone.
+    NameTaken,
+    /// Larger than the cache's maximum: it could never fit.
+    TooLarge {
+        /// The entry's size.
+        size: u64,
+        /// The cache's maximum.
+        max: MaxSize,
+    },
+    /// The size limit refused it and not enough could be evicted.
+    NoRoom {
+        /// The entry's size.
+        size: u64,
+    },
+    /// The cache's format version is not supported: the entry was a
+    /// staging entry all along and is gone.
+    Unsupported,
+}
+
+impl Commit {
+    /// Whether the entry is now in the cache under its name.
+    pub fn is_stored(&self) -> bool {
+        matches!(self, Commit::Stored { .. })
+    }
+}
+
+impl fmt::Display for Commit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Commit::Stored { size } => write!(f, "stored ({size} bytes)"),
+            Commit::NameTaken => f.write_str("name already taken"),
+            Commit::TooLarge { size, max } => {
+                write!(f, "too large ({size} bytes, maximum {max:?})")
+            }
+            Commit::NoRoom { size } => write!(f, "no room ({size} bytes)"),
+            Commit::Unsupported => f.write_str("cache version unsupported"),
+        }
+    }
+}
+
+/// A failed [`StoreGuard::commit`]: the error, and the guard back, its entry
+/// as it was before the commit, so the caller may retry or drop it.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct CommitError<'c> {
+    /// What went wrong.
+    #[source]
+    pub error: Error,
+    /// The entry, still uncommitted.
+    pub guard: StoreGuard<'c>,
+}
+
+impl From<CommitError<'_>> for Error {
+    fn from(e: CommitError<'_>) -> Error {
+        e.error
+    }
+}
+
+/// An entry being filled: [`StoreGuard::path`] is its empty `data/`.
+///
+/// Nobody else can see or lock it until [`StoreGuard::commit`]. Dropping the
+/// guard removes everything it created.
+#[must_use = "dropping the guard without `commit()` discards the entry"]
+pub struct StoreGuard<'c> {
+    cache: &'c FsCache,
+    name: String,
+    entry: Option<AnonymousDir<'c>>,
+    data: PathBuf,
+    /// The cache's version is unsupported: this is a staging entry.
+    degraded: bool,
+}
+
+impl fmt::Debug for StoreGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreGuard")
+            .field("name", &self.name)
+            .field("data", &self.data)
+            .field("degraded", &self.degraded)
+            .finish()
+    }
+}
+
+impl FsCache {
+    /// Start storing an entry called `name`: returns a guard whose
+    /// [`path`](StoreGuard::path) is an empty directory to fill.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] for a name the cache cannot use (see
+    /// [`validate_name`](crate::validate_name)); [`Error::Io`] if the entry
+    /// cannot be created.
+    ///
+    /// If the cache's version is unsupported this still succeeds: the
+    /// entry is made in `stage/` and its commit reports
+    /// [`Commit::Unsupported`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fscache::{Commit, FsCache, MaxSize};
+    /// let dir = tempfile::tempdir()?;
+    /// let cache = FsCache::open("my-tool", dir.path())?;
+    /// cache.set_maximum_size(MaxSize::Unlimited)?;
+    /// let entry = cache.store("hello")?;
+    /// std::fs::write(entry.path().join("greeting"), "hi").unwrap();
+    /// assert!(matches!(entry.commit()?, Commit::Stored { .. }));
+    /// let hit = cache.load("hello")?.expect("just stored");
+    /// assert_eq!(std::fs::read(hit.path().join("greeting")).unwrap(), b"hi");
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
+    pub fn store(&self, name: &str) -> Result<StoreGuard<'_>> {
+        validate_name(name)?;
+        let degraded = !self.info().is_supported();
+        let parent = if degraded {
+            self.stage_dir()
+        } else {
+            self.objects()
+        };
+        let entry = parent.create_anonymous()?;
+        let data = entry.path().join(DATA);
+        if let Err(e) = mkdirat(entry.dir().as_fd(), DATA, Mode::from_raw_mode(0o755)) {
+            let _ = entry.remove();
+            return Err(e).at(Op::CreateDir, || data);
+        }
+        crate::failpoint!("store-after-data");
+        Ok(StoreGuard {
+            cache: self,
+            name: name.to_owned(),
+            entry: Some(entry),
+            data,
+            degraded,
+        })
+    }
+}
+
+impl<'c> StoreGuard<'c> {
+    /// The `data/` directory to fill.
+    pub fn path(&self) -> &Path {
+        &self.data
+    }
+
+    /// The name the entry will be committed under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Commit the entry under its name.
+    ///
+    /// In order: measure `data/`; refuse it if it can never fit; in the
+    /// `cache.size` critical section, account it (evicting least recently
+    /// used entries if it does not fit) and write `object.info`; then rename
+    /// it into place with `RENAME_NOREPLACE`. If the name is taken, the
+    /// other entry wins and ours is removed with its size given back.
+    ///
+    /// # Errors
+    ///
+    /// A [`CommitError`] holding the error and this guard, its entry as
+    /// before the call.
+    pub fn commit(mut self) -> Result<Commit, CommitError<'c>> {
+        match self.try_commit() {
+            Ok(outcome) => Ok(outcome),
+            Err(error) => Err(CommitError { error, guard: self }),
+        }
+    }
+
+    /// Remove the entry now, reporting failure (dropping does the same,
+    /// silently).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if removal fails; what is left is an unlocked orphan.
+    pub fn abort(mut self) -> Result<()> {
+        self.entry.take().map_or(Ok(()), AnonymousDir::remove)
+    }
+
+    fn try_commit(&mut self) -> Result<Commit> {
+        if self.degraded {
+            self.abort_in_place()?;
+            return Ok(Commit::Unsupported);
+        }
+        let cache = self.cache;
+        let objects = cache.objects();
+        let entry = self
+            .entry
+            .as_ref()
+            .expect("a guard holds its entry until it is consumed");
+        // Cheap early answer for the common duplicate; the rename below
+        // still decides races.
+        if statat(
+            objects.as_fd(),
+            self.name.as_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
+        {
+            self.abort_in_place()?;
+            return Ok(Commit::NameTaken);
+        }
+        let data = tree::open_dir(entry.dir().as_fd(), DATA).at(Op::Open, || self.data.clone())?;
+        let size = tree::measure(data.as_fd(), &self.data)?;
+        drop(data);
+        crate::failpoint!("commit-after-measure");
+        let info = cache.info();
+        let max = info.effective_maximum();
+        if !max.admits(size) {
+            self.abort_in_place()?;
+            return Ok(Commit::TooLarge { size, max });
+        }
+        let object_info = ObjectInfo {
+            creation_boot_id: Some(cache.boot_id().to_owned()),
+            size,
+        };
+        if !cache.account(entry, &object_info, &info)? {
+            self.abort_in_place()?;
+            return Ok(Commit::NoRoom { size });
+        }
+        crate::failpoint!("commit-after-info");
+        match objects.rename_dir_noreplace(entry.name(), &self.name) {
+            Ok(()) => {
+                crate::failpoint!("commit-after-rename");
+                // Committed: releasing the lock publishes it.
+                self.entry = None;
+                Ok(Commit::Stored { size })
+            }
+            Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => {
+                cache.unaccount(entry, size)?;
+                self.abort_in_place()?;
+                Ok(Commit::NameTaken)
+            }
+            Err(e) => {
+                cache.unaccount(entry, size)?;
+                Err(Error::Rename {
+                    from: entry.path().to_owned(),
+                    to: objects.join(&self.name),
+                    source: e.into(),
+                })
+            }
+        }
+    }
+
+    fn abort_in_place(&mut self) -> Result<()> {
+        self.entry.take().map_or(Ok(()), AnonymousDir::remove)
+    }
+}
+
+impl Drop for StoreGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.abort_in_place();
+    }
+}
+
+impl FsCache {
+    /// In the size critical section: add `info.size` to `cache.size` (making
+    /// room if needed) and write the entry's `object.info`. Returns false if
+    /// it does not fit. The size goes up before `object.info` appears, so a
+    /// crash in between overcounts but never undercounts.
+    pub(crate) fn account(
+        &self,
+        entry: &AnonymousDir<'_>,
+        info: &ObjectInfo,
+        cfg: &crate::CacheInfo,
+    ) -> Result<bool> {
+        let Some(mut size_lock) = self.make_room(info.size, cfg)? else {
+            return Ok(false);
+        };
+        let current = size_lock.value()?;
+        size_lock.set(current.saturating_add(info.size))?;
+        let path = entry.path().join(OBJECT_INFO);
+        let written = openat(
+            entry.dir().as_fd(),
+            OBJECT_INFO,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .at(Op::Create, || path.clone())
+        .and_then(|fd| write_all(fd.as_fd(), &info.to_json(), &path));
+        if let Err(e) = written {
+            let _ = unlinkat(entry.dir().as_fd(), OBJECT_INFO, AtFlags::empty());
+            size_lock.set(current)?;
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// In the size critical section: remove the entry's `object.info` and
+    /// give its size back.
+    pub(crate) fn unaccount(&self, entry: &AnonymousDir<'_>, size: u64) -> Result<()> {
+        let mut size_lock = self.lock_size()?;
+        match unlinkat(entry.dir().as_fd(), OBJECT_INFO, AtFlags::empty()) {
+            Ok(()) => {}
+            // Not ours to give back if it was never there.
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(e).at(Op::Unlink, || entry.path().join(OBJECT_INFO)),
+        }
+        crate::failpoint!("taken-after-info-unlink");
+        let current = size_lock.value()?;
+        size_lock.set(current.saturating_sub(size))
+    }
+}

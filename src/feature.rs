@@ -1,0 +1,109 @@
+//! Run-time detection of kernel and file-system features.
+//!
+//! Each feature is tried on first use; the first answer that says "not here"
+//! is remembered so that later calls go straight to the fallback. The answer
+//! only ever moves from unknown to known, so racing detectors can only agree.
+
+use crate::sync::{AtomicU8, Ordering};
+
+/// What is known about one feature; `u8` so that it fits an atomic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Support {
+    /// Not tried yet: try it.
+    Unknown = 0,
+    /// Works, in its first form.
+    Yes = 1,
+    /// Works, but only in its second form (for O_TMPFILE: linking through
+    /// `/proc/self/fd` because `AT_EMPTY_PATH` needs a capability).
+    Alternate = 2,
+    /// Does not work here: always use the fallback.
+    No = 3,
+}
+
+/// A remembered answer about one feature.
+#[derive(Debug)]
+pub(crate) struct Feature(AtomicU8);
+
+impl Feature {
+    pub(crate) const fn new() -> Self {
+        Feature(AtomicU8::new(Support::Unknown as u8))
+    }
+
+    pub(crate) fn get(&self) -> Support {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Support::Yes,
+            2 => Support::Alternate,
+            3 => Support::No,
+            _ => Support::Unknown,
+        }
+    }
+
+    /// Record what a try found out. A later, more pessimistic answer wins
+    /// over an earlier one (`Yes` < `Alternate` < `No`), so two threads that
+    /// detect at once settle on the answer that works for both.
+    pub(crate) fn set(&self, support: Support) {
+        self.0.fetch_max(support as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn usable(&self) -> bool {
+        self.get() != Support::No
+    }
+}
+
+/// The kernel-wide feature: `openat2(2)` with `RESOLVE_*` flags.
+pub(crate) static OPENAT2: Feature = Feature::new();
+
+/// Features of the file system a cache lives on, detected per cache handle.
+#[derive(Debug)]
+pub(crate) struct FsFeatures {
+    /// `O_TMPFILE` and linking the result into place.
+    pub(crate) tmpfile: Feature,
+    /// `renameat2(RENAME_NOREPLACE)`.
+    pub(crate) noreplace: Feature,
+}
+
+impl FsFeatures {
+    /// Fresh detection state, less what `FSCACHE_DISABLE` turns off.
+    ///
+    /// `FSCACHE_DISABLE` is a comma-separated list of `openat2`, `tmpfile`
+    /// and `noreplace`: the test suite uses it to run every fallback path on
+    /// a kernel that has the feature.
+    pub(crate) fn detect() -> Self {
+        let features = FsFeatures {
+            tmpfile: Feature::new(),
+            noreplace: Feature::new(),
+        };
+        if let Ok(list) = std::env::var("FSCACHE_DISABLE") {
+            for name in list.split(',').map(str::trim) {
+                match name {
+                    "openat2" => OPENAT2.set(Support::No),
+                    "tmpfile" => features.tmpfile.set(Support::No),
+                    "noreplace" => features.noreplace.set(Support::No),
+                    _ => {}
+                }
+            }
+        }
+        features
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_feature_only_grows_more_pessimistic() {
+        let f = Feature::new();
+        assert_eq!(f.get(), Support::Unknown);
+        f.set(Support::Alternate);
+        f.set(Support::Yes);
+        assert_eq!(
+            f.get(),
+            Support::Alternate,
+            "a racing Yes must not undo Alternate"
+        );
+        f.set(Support::No);
+        assert!(!f.usable());
+    }
+}

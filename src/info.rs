@@ -1,0 +1,260 @@
+//! The JSON files: `cache.info`, `object.info` and `cache.size`.
+//!
+//! Parsing is lenient the way osbuild's is: a known key with a value of the
+//! wrong type reads as unset, and unknown keys are kept so that a rewrite
+//! preserves them.
+
+use serde_json::{Map, Value};
+
+/// The newest format version this crate reads and writes.
+pub const VERSION_CURRENT: i64 = 1;
+/// The oldest format version this crate reads and writes.
+pub const VERSION_MINIMUM: i64 = 1;
+
+pub(crate) const CACHE_INFO: &str = "cache.info";
+pub(crate) const CACHE_LOCK: &str = "cache.lock";
+pub(crate) const CACHE_SIZE: &str = "cache.size";
+pub(crate) const CACHE_TAG: &str = "CACHEDIR.TAG";
+pub(crate) const OBJECT_INFO: &str = "object.info";
+pub(crate) const OBJECTS: &str = "objects";
+pub(crate) const STAGE: &str = "stage";
+pub(crate) const DATA: &str = "data";
+
+pub(crate) const CACHE_TAG_CONTENT: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n\
+# This is a cache directory tag created by fscache (see https://bford.info/cachedir/)\n";
+
+/// Our extension key: the low watermark as a percentage of the maximum.
+/// Version-1 readers (osbuild) ignore it.
+pub const LOW_WATERMARK_KEY: &str = "fscache-low-watermark-percent";
+/// The low watermark when `cache.info` sets none.
+pub const DEFAULT_LOW_WATERMARK_PERCENT: u8 = 90;
+
+/// The most the cache may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MaxSize {
+    /// At most this many bytes.
+    Bytes(u64),
+    /// No limit.
+    Unlimited,
+}
+
+impl MaxSize {
+    /// Whether `size` bytes fit under this maximum.
+    pub fn admits(self, size: u64) -> bool {
+        match self {
+            MaxSize::Bytes(max) => size <= max,
+            MaxSize::Unlimited => true,
+        }
+    }
+
+    fn to_json(self) -> Value {
+        match self {
+            MaxSize::Bytes(n) => Value::from(n),
+            MaxSize::Unlimited => Value::from("unlimited"),
+        }
+    }
+}
+
+/// The parsed `cache.info`: the cache's configuration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CacheInfo {
+    /// `"version"`, if it is an integer.
+    pub version: Option<i64>,
+    /// `"maximum-size"`, if it is a non-negative integer or `"unlimited"`.
+    pub maximum_size: Option<MaxSize>,
+    /// `"creation-boot-id"`, if it is a string of 32 characters.
+    pub creation_boot_id: Option<String>,
+    /// Our extension: the low watermark in percent of the maximum (1..=100).
+    pub low_watermark_percent: Option<u8>,
+}
+
+impl CacheInfo {
+    /// Read the known keys from a parsed JSON value; anything that is not an
+    /// object reads as all unset.
+    pub fn from_json(value: &Value) -> CacheInfo {
+        let Some(map) = value.as_object() else {
+            return CacheInfo::default();
+        };
+        CacheInfo {
+            version: map.get("version").and_then(Value::as_i64),
+            maximum_size: match map.get("maximum-size") {
+                Some(Value::String(s)) if s == "unlimited" => Some(MaxSize::Unlimited),
+                Some(v) => v.as_u64().map(MaxSize::Bytes),
+                None => None,
+            },
+            creation_boot_id: map
+                .get("creation-boot-id")
+                .and_then(Value::as_str)
+                .filter(|s| s.len() == 32)
+                .map(str::to_owned),
+            low_watermark_percent: map
+                .get(LOW_WATERMARK_KEY)
+                .and_then(Value::as_u64)
+                .filter(|p| (1..=100).contains(p))
+                .map(|p| p as u8),
+        }
+    }
+
+    /// Parse the bytes of a `cache.info` file. Bytes that are not JSON read
+    /// as all unset (and the file is never rewritten; see
+    /// [`CacheInfo::merge_into`]).
+    pub fn parse(bytes: &[u8]) -> CacheInfo {
+        serde_json::from_slice::<Value>(bytes)
+            .map(|v| CacheInfo::from_json(&v))
+            .unwrap_or_default()
+    }
+
+    /// Whether this crate may use the object store of a cache with this
+    /// configuration.
+    pub fn is_supported(&self) -> bool {
+        matches!(self.version, Some(v) if (VERSION_MINIMUM..=VERSION_CURRENT).contains(&v))
+    }
+
+    /// The maximum that applies: missing or malformed means 0.
+    pub fn effective_maximum(&self) -> MaxSize {
+        self.maximum_size.unwrap_or(MaxSize::Bytes(0))
+    }
+
+    /// The size eviction frees down to.
+    pub fn low_watermark(&self) -> MaxSize {
+        let percent = u64::from(
+            self.low_watermark_percent
+                .unwrap_or(DEFAULT_LOW_WATERMARK_PERCENT),
+        );
+        match self.effective_maximum() {
+            MaxSize::Bytes(max) => {
+                MaxSize::Bytes((u128::from(max) * u128::from(percent) / 100) as u64)
+            }
+            MaxSize::Unlimited => MaxSize::Unlimited,
+        }
+    }
+
+    /// Overlay the values set in `self` onto the JSON object `raw`, keeping
+    /// every other key. Returns `None` when `raw` is not an object: such a
+    /// file must never be rewritten.
+    pub fn merge_into(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        let mut map: Map<String, Value> = match serde_json::from_slice::<Value>(raw) {
+            Ok(Value::Object(map)) => map,
+            _ => return None,
+        };
+        if let Some(v) = self.version {
+            map.insert("version".into(), Value::from(v));
+        }
+        if let Some(m) = self.maximum_size {
+            map.insert("maximum-size".into(), m.to_json());
+        }
+        if let Some(b) = &self.creation_boot_id {
+            map.insert("creation-boot-id".into(), Value::from(b.clone()));
+        }
+        if let Some(p) = self.low_watermark_percent {
+            map.insert(LOW_WATERMARK_KEY.into(), Value::from(p));
+        }
+        serde_json::to_vec(&Value::Object(map)).ok()
+    }
+
+    /// The content of a new cache's `cache.info`.
+    pub(crate) fn initial() -> Vec<u8> {
+        format!("{{\"version\": {VERSION_CURRENT}}}").into_bytes()
+    }
+}
+
+/// The parsed `object.info` of a committed entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The application-specific boot id of the boot that committed it.
+    pub creation_boot_id: Option<String>,
+    /// The space its `data/` occupied when committed, as accounted in
+    /// `cache.size`.
+    pub size: u64,
+}
+
+impl ObjectInfo {
+    /// Parse an `object.info`; `None` unless it is a JSON object with a
+    /// non-negative integer `"size"`.
+    pub fn parse(bytes: &[u8]) -> Option<ObjectInfo> {
+        let value: Value = serde_json::from_slice(bytes).ok()?;
+        let map = value.as_object()?;
+        Some(ObjectInfo {
+            size: map.get("size")?.as_u64()?,
+            creation_boot_id: map
+                .get("creation-boot-id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    }
+
+    /// The JSON osbuild writes: `{"creation-boot-id": "…", "size": N}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut map = Map::new();
+        if let Some(b) = &self.creation_boot_id {
+            map.insert("creation-boot-id".into(), Value::from(b.clone()));
+        }
+        map.insert("size".into(), Value::from(self.size));
+        serde_json::to_vec(&Value::Object(map)).unwrap_or_default()
+    }
+}
+
+/// Parse `cache.size`: one non-negative JSON integer (surrounding white
+/// space allowed).
+pub fn parse_size(bytes: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Value>(bytes).ok()?.as_u64()
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn osbuild_style_cache_info_parses_and_wrong_types_read_as_unset() {
+        let i = CacheInfo::parse(br#"{"version": 1, "maximum-size": 1048576, "creation-boot-id": "0123456789abcdef0123456789abcdef"}"#);
+        assert!(i.is_supported());
+        assert_eq!(i.effective_maximum(), MaxSize::Bytes(1 << 20));
+        assert_eq!(i.low_watermark(), MaxSize::Bytes((1 << 20) * 9 / 10));
+        let bad = CacheInfo::parse(
+            br#"{"version": "1", "maximum-size": -5, "creation-boot-id": "short"}"#,
+        );
+        assert_eq!(bad, CacheInfo::default());
+        assert!(!bad.is_supported());
+        assert_eq!(bad.effective_maximum(), MaxSize::Bytes(0));
+        assert_eq!(CacheInfo::parse(b"[1]"), CacheInfo::default());
+        assert_eq!(CacheInfo::parse(b"\xff garbage"), CacheInfo::default());
+        assert_eq!(CacheInfo::parse(br#"{"version": 2}"#).is_supported(), false);
+        assert_eq!(
+            CacheInfo::parse(br#"{"maximum-size": "unlimited"}"#).effective_maximum(),
+            MaxSize::Unlimited
+        );
+    }
+
+    #[test]
+    fn a_merge_keeps_unknown_keys_and_refuses_a_non_object() {
+        let update = CacheInfo {
+            maximum_size: Some(MaxSize::Unlimited),
+            ..CacheInfo::default()
+        };
+        let out = update
+            .merge_into(br#"{"version": 1, "future-key": {"a": [1, 2]}}"#)
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["future-key"], serde_json::json!({"a": [1, 2]}));
+        assert_eq!(v["maximum-size"], "unlimited");
+        assert_eq!(v["version"], 1);
+        assert_eq!(update.merge_into(b"[]"), None);
+        assert_eq!(update.merge_into(b"not json"), None);
+    }
+
+    #[test]
+    fn object_info_and_size_round_trip_and_reject_garbage() {
+        let i = ObjectInfo {
+            creation_boot_id: Some("ab".repeat(16)),
+            size: 4096,
+        };
+        assert_eq!(ObjectInfo::parse(&i.to_json()), Some(i));
+        assert_eq!(ObjectInfo::parse(br#"{"size": -1}"#), None);
+        assert_eq!(ObjectInfo::parse(br#"{"creation-boot-id": "x"}"#), None);
+        assert_eq!(parse_size(b"12345"), Some(12345));
+        assert_eq!(parse_size(b" 7\n"), Some(7));
+        assert_eq!(parse_size(b"-1"), None);
+        assert_eq!(parse_size(b"1.5"), None);
+        assert_eq!(parse_size(b""), None);
+    }
+}

@@ -1,0 +1,122 @@
+//! A file-system cache that many processes and threads share safely.
+//!
+//! `fscache` keeps named entries (directory trees) in one cache directory.
+//! Any number of processes may open the same directory at once; each entry
+//! is committed atomically, read under a shared lock, and evicted only when
+//! nobody holds it. The on-disk format and locking protocol are those of
+//! osbuild's `fscache` (format version 1), so that an osbuild process and a
+//! program using this crate can share one cache at the same time.
+//!
+//! ```
+//! use fscache::{Commit, FsCache, MaxSize};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let cache = FsCache::open("my-build-tool", dir.path())?;
+//! cache.set_maximum_size(MaxSize::Bytes(64 << 20))?;
+//!
+//! // Fill an anonymous entry, then publish it under a name.
+//! let entry = cache.store("gcc-13-build-7f3a")?;
+//! std::fs::write(entry.path().join("out.o"), b"\x7fELF...").unwrap();
+//! match entry.commit()? {
+//!     Commit::Stored { size } => println!("cached {size} bytes"),
+//!     Commit::NameTaken => println!("another process stored it first"),
+//!     other => println!("not cached: {other}"),
+//! }
+//!
+//! // Read it back; the entry cannot be evicted while `hit` lives.
+//! if let Some(hit) = cache.load("gcc-13-build-7f3a")? {
+//!     assert!(hit.path().join("out.o").exists());
+//! }
+//! # Ok::<(), fscache::Error>(())
+//! ```
+//!
+//! # The locking model
+//!
+//! Every lock is an `fcntl` *open-file-description* lock over a whole file
+//! (`F_OFD_SETLK`): it belongs to the open file, not to the process, so two
+//! guards conflict inside one process exactly as in two processes, and a
+//! stray `close` of another descriptor releases nothing. A `*.lock` file
+//! locks the directory it sits in.
+//!
+//! * `cache.lock`: every open [`FsCache`] holds it shared for its whole
+//!   life; an exclusive holder would have the cache to itself.
+//! * `objects/<name>/object.lock`: readers ([`FsCache::load`]) hold it
+//!   shared; whoever creates or removes the entry holds it exclusive. A
+//!   reader never waits: contention is a miss. An evictor never waits
+//!   either: an entry in use is skipped.
+//! * `cache.size`: its exclusive lock is the *size critical section*. Every
+//!   change of the total happens inside it together with the appearance or
+//!   disappearance of the `object.info` that it accounts for, so the total
+//!   equals the sum of the `object.info` sizes whenever nobody is inside.
+//!   The new value is written to a locked temporary that is renamed over
+//!   the file; we keep that lock, so the section survives the replacement.
+//! * `cache.info`: its exclusive lock orders configuration updates.
+//!
+//! Order: an entry lock may be held while entering the size section, never
+//! the other way round with waiting, and entry locks are only ever taken
+//! without waiting, so no two holders can wait on each other.
+//!
+//! Opening a lock uses the *safe-open loop*: open, lock, then compare the
+//! descriptor with the path (device and inode); if the file was replaced or
+//! removed meanwhile (or NFS answers `ESTALE`), start again.
+//!
+//! **On a crash** the kernel drops every lock of the dead process. What it
+//! was building is left as an unlocked `uuid-*` directory or file: an
+//! orphan, which the sweep removes (liveness is the lock, never an age). A
+//! crash inside the size section can only leave `cache.size` too high; a
+//! resync restores it exactly. A committed entry is never damaged by a
+//! crash: it becomes visible whole, by one rename.
+//!
+//! **Across a reboot** locks vanish with the processes; entries stay, tagged
+//! with the boot id that made them, so callers can tell old from new.
+//!
+//! **On NFS** OFD locks go through the lock manager and `ESTALE` is handled,
+//! but rename and lock coherence are weaker than on a local file system:
+//! use a local file system.
+//!
+//! # Durability
+//!
+//! Nothing is `fsync`ed: a power cut can lose recent entries (a cache may
+//! lose data), and the rename order means that what survives is whole.
+//!
+//! # Security
+//!
+//! Every operation works relative to descriptors of the cache directories
+//! and never follows a symbolic link found inside the cache
+//! (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or `O_NOFOLLOW` at
+//! each step on older kernels); removal never leaves the cache. Entry names
+//! are single path components ([`validate_name`]). The cache is meant for
+//! cooperating users: anyone who can write to it can delete entries.
+//!
+//! # Limitations
+//!
+//! Linux only (OFD locks, `renameat2`, `openat2`, `O_TMPFILE`). Removing a
+//! tree deeper than the open-file limit fails with `EMFILE`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod atomic;
+mod beneath;
+mod bootid;
+mod cache;
+mod error;
+#[doc(hidden)]
+pub mod failpoint;
+mod feature;
+mod info;
+pub mod lock;
+mod maint;
+mod name;
+mod size;
+mod sync;
+mod tree;
+
+pub use bootid::app_boot_id;
+pub use cache::{Commit, CommitError, FsCache, LoadGuard, StageGuard, StoreGuard};
+pub use error::{Error, ErrorKind, Op, Result};
+pub use info::{
+    parse_size, CacheInfo, MaxSize, ObjectInfo, DEFAULT_LOW_WATERMARK_PERCENT, LOW_WATERMARK_KEY,
+    VERSION_CURRENT, VERSION_MINIMUM,
+};
+pub use name::{validate_name, MAX_NAME_LEN};
