@@ -120,3 +120,7 @@ pub use info::{
     VERSION_CURRENT, VERSION_MINIMUM,
 };
 pub use name::{validate_name, MAX_NAME_LEN};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

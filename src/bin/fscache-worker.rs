@@ -1,1 +1,193 @@
-fn main() {}
+//! `fscache-worker`: one cache user driven line by line over stdin.
+//!
+//! The multi-process tests (and `fscache stress`) start workers and send
+//! them commands; each command is answered with one line on stdout, so a
+//! test knows exactly which step a worker has reached before it makes the
+//! next move or kills it. Usage: `fscache-worker DIR [APP_ID]`, then:
+//!
+//! ```text
+//! store NAME BYTES   -> storing PATH        (the guard is kept)
+//! commit             -> stored SIZE | name-taken | too-large | no-room | unsupported
+//! abort              -> aborted
+//! load NAME          -> hit SIZE | torn REASON | miss   (a hit is kept)
+//! release            -> released            (drops every kept hit)
+//! stage              -> staged PATH         (kept until `unstage`)
+//! unstage            -> unstaged
+//! max BYTES|unlimited -> ok
+//! evict NAME         -> evicted | busy | absent
+//! sweep | resync | clear | gc -> a one-line summary
+//! exit               -> (exits 0)
+//! ```
+//!
+//! Entries carry a self-checking payload (see `payload` below), so a reader
+//! can tell a whole entry from a torn or mixed one.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use fscache::{Commit, FsCache, LoadGuard, MaxSize, StageGuard, StoreGuard};
+
+mod payload {
+    //! A payload whose `digest` file proves the `payload` file beside it:
+    //! `NONCE LEN HASH`, where the content is a function of the nonce.
+
+    use sha2::{Digest, Sha256};
+    use std::path::Path;
+
+    fn content(nonce: u64, len: usize) -> Vec<u8> {
+        let mut state = nonce ^ 0x9e37_79b9_7f4a_7c15;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    fn hash(bytes: &[u8]) -> String {
+        Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Fill `dir` with a payload of `len` bytes.
+    pub fn write(dir: &Path, nonce: u64, len: usize) -> std::io::Result<()> {
+        let body = content(nonce, len);
+        std::fs::write(dir.join("payload"), &body)?;
+        std::fs::write(dir.join("digest"), format!("{nonce} {len} {}", hash(&body)))
+    }
+
+    /// Check the payload in `dir`; `Err` says how it is torn.
+    pub fn verify(dir: &Path) -> Result<(), String> {
+        let digest = std::fs::read_to_string(dir.join("digest")).map_err(|e| format!("digest: {e}"))?;
+        let body = std::fs::read(dir.join("payload")).map_err(|e| format!("payload: {e}"))?;
+        let mut parts = digest.split(' ');
+        let (Some(nonce), Some(len), Some(want)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("digest malformed: {digest:?}"));
+        };
+        let (nonce, len): (u64, usize) = match (nonce.parse(), len.parse()) {
+            (Ok(n), Ok(l)) => (n, l),
+            _ => return Err(format!("digest malformed: {digest:?}")),
+        };
+        if body.len() != len || hash(&body) != want || body != content(nonce, len) {
+            return Err(format!("payload does not match digest (nonce {nonce})"));
+        }
+        Ok(())
+    }
+}
+
+struct Worker {
+    cache: &'static FsCache,
+    store: Option<StoreGuard<'static>>,
+    hits: Vec<LoadGuard<'static>>,
+    stages: Vec<StageGuard<'static>>,
+    nonce: u64,
+}
+
+fn describe(c: Commit) -> String {
+    match c {
+        Commit::Stored { size } => format!("stored {size}"),
+        Commit::NameTaken => "name-taken".into(),
+        Commit::TooLarge { .. } => "too-large".into(),
+        Commit::NoRoom { .. } => "no-room".into(),
+        Commit::Unsupported => "unsupported".into(),
+        other => format!("other {other}"),
+    }
+}
+
+impl Worker {
+    fn run(&mut self, line: &str) -> Result<String, Box<dyn std::error::Error + '_>> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        Ok(match words.as_slice() {
+            ["store", name, bytes] => {
+                let guard = self.cache.store(name)?;
+                self.nonce += 1;
+                let nonce = u64::from(std::process::id()) << 32 | self.nonce;
+                payload::write(guard.path(), nonce, bytes.parse().unwrap_or(0))?;
+                let reply = format!("storing {}", guard.path().display());
+                self.store = Some(guard);
+                reply
+            }
+            ["commit"] => match self.store.take() {
+                Some(guard) => describe(guard.commit()?),
+                None => "error nothing to commit".into(),
+            },
+            ["abort"] => {
+                if let Some(g) = self.store.take() {
+                    g.abort()?;
+                }
+                "aborted".into()
+            }
+            ["load", name] => match self.cache.load(name)? {
+                None => "miss".into(),
+                Some(hit) => match payload::verify(hit.path()) {
+                    Ok(()) => {
+                        let size = hit.info()?.size;
+                        self.hits.push(hit);
+                        format!("hit {size}")
+                    }
+                    Err(why) => format!("torn {why}"),
+                },
+            },
+            ["release"] => {
+                self.hits.clear();
+                "released".into()
+            }
+            ["stage"] => {
+                let s = self.cache.stage()?;
+                let reply = format!("staged {}", s.path().display());
+                self.stages.push(s);
+                reply
+            }
+            ["unstage"] => {
+                self.stages.clear();
+                "unstaged".into()
+            }
+            ["max", "unlimited"] => {
+                self.cache.set_maximum_size(MaxSize::Unlimited)?;
+                "ok".into()
+            }
+            ["max", bytes] => {
+                self.cache.set_maximum_size(MaxSize::Bytes(bytes.parse().unwrap_or(0)))?;
+                "ok".into()
+            }
+            _ => format!("error unknown command {line:?}"),
+        })
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let Some(dir) = args.next() else {
+        eprintln!("usage: fscache-worker DIR [APP_ID]");
+        std::process::exit(2);
+    };
+    let app = args.next().unwrap_or_else(|| "fscache-tests".into());
+    let cache = match FsCache::open(&app, Path::new(&dir)) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("error {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut worker = Worker {
+        cache: Box::leak(Box::new(cache)),
+        store: None,
+        hits: Vec::new(),
+        stages: Vec::new(),
+        nonce: 0,
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let _ = writeln!(out, "ready");
+    let _ = out.flush();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim() == "exit" {
+            break;
+        }
+        let reply = worker.run(&line).unwrap_or_else(|e| format!("error {e}"));
+        let _ = writeln!(out, "{reply}");
+        let _ = out.flush();
+    }
+}

@@ -1,0 +1,156 @@
+//! Shared helpers for the integration tests: worker processes driven over
+//! pipes, and readers of the on-disk state.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+/// How long any single step of a worker may take before the test fails.
+pub const STEP: Duration = Duration::from_secs(60);
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A `fscache-worker` process, driven line by line.
+pub struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+}
+
+impl Worker {
+    /// Start a worker on the cache at `dir` and wait until it is ready.
+    #[track_caller]
+    pub fn spawn(dir: &Path) -> Worker {
+        Self::spawn_with(dir, &[])
+    }
+
+    /// As `spawn`, with extra environment variables.
+    #[track_caller]
+    pub fn spawn_with(dir: &Path, env: &[(&str, &str)]) -> Worker {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fscache-worker"));
+        cmd.arg(dir).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn fscache-worker");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut w = Worker { child, stdin, lines };
+        w.expect("ready");
+        w
+    }
+
+    /// The next line the worker prints, waiting at most `STEP`.
+    #[track_caller]
+    pub fn next_line(&mut self) -> String {
+        self.lines
+            .recv_timeout(STEP)
+            .unwrap_or_else(|e| panic!("worker {} said nothing within {STEP:?}: {e}", self.child.id()))
+    }
+
+    /// Wait for a line starting with `prefix` and return it.
+    #[track_caller]
+    pub fn expect(&mut self, prefix: &str) -> String {
+        let line = self.next_line();
+        assert!(line.starts_with(prefix), "expected {prefix:?}, worker said {line:?}");
+        line
+    }
+
+    /// Send one command without waiting for its answer.
+    pub fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").expect("write to worker");
+        self.stdin.flush().expect("flush to worker");
+    }
+
+    /// Send one command and return its one-line answer.
+    #[track_caller]
+    pub fn ask(&mut self, command: &str) -> String {
+        writeln!(self.stdin, "{command}").expect("write to worker");
+        self.stdin.flush().expect("flush to worker");
+        self.next_line()
+    }
+
+    /// `SIGKILL` the worker and reap it.
+    pub fn kill(mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().expect("reap worker")
+    }
+
+    /// Wait for the worker to end on its own.
+    #[track_caller]
+    pub fn wait(mut self) -> ExitStatus {
+        let _ = writeln!(self.stdin, "exit");
+        let _ = self.stdin.flush();
+        self.child.wait().expect("reap worker")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The names in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The `size` of every `object.info` in `objects/` (named and anonymous).
+pub fn info_sizes(cache: &Path) -> Vec<(String, u64)> {
+    names(&cache.join("objects"))
+        .into_iter()
+        .filter_map(|n| {
+            let raw = std::fs::read(cache.join("objects").join(&n).join("object.info")).ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+            Some((n, v["size"].as_u64()?))
+        })
+        .collect()
+}
+
+/// The integer in `cache.size`.
+pub fn size_file(cache: &Path) -> u64 {
+    let raw = std::fs::read_to_string(cache.join("cache.size")).expect("read cache.size");
+    raw.trim().parse().unwrap_or_else(|_| panic!("cache.size is {raw:?}"))
+}
+
+/// Assert the central invariant: `cache.size` is the sum of the sizes in
+/// the `object.info` files present.
+#[track_caller]
+pub fn assert_exact(cache: &Path) {
+    let infos = info_sizes(cache);
+    let sum: u64 = infos.iter().map(|(_, s)| s).sum();
+    assert_eq!(size_file(cache), sum, "cache.size vs object.info sizes {infos:?}");
+}
+
+/// A fresh cache directory, opened once so that it is scaffolded, with the
+/// given maximum.
+pub fn new_cache(max: fscache::MaxSize) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().expect("tempdir");
+    let path = t.path().join("cache");
+    let c = fscache::FsCache::open("fscache-tests", &path).expect("open cache");
+    c.set_maximum_size(max).expect("set maximum");
+    (t, path)
+}
