@@ -272,63 +272,56 @@ impl Dir {
     pub fn create_anonymous(&self) -> Result<AnonymousDir<'_>> {
         loop {
             let name = anonymous_name();
-            let lock_path = || self.join(&name).join(LOCK_FILE);
-            // The lock file, already locked, under a name nobody can see.
-            let tmpfile = self.open_tmpfile()?;
-            let (lock, temp_name) = match tmpfile {
-                Some(fd) => (
-                    FileLock::acquire(fd, LockKind::Exclusive, Wait::Never, lock_path())?,
-                    None,
-                ),
-                None => {
-                    let (temp_name, lock) = self.create_temp()?;
-                    (lock, Some(temp_name))
-                }
-            };
-            let drop_temp = scopeguard::guard(temp_name.clone(), |t| {
-                if let Some(t) = t {
-                    let _ = unlinkat(self.as_fd(), t.as_str(), AtFlags::empty());
-                }
-            });
             crate::failpoint!("anon-before-mkdir");
-            mkdirat(self.as_fd(), name.as_str(), Mode::from_raw_mode(0o755))
-                .at(Op::CreateDir, || self.join(&name))?;
+            mkdirat(self.as_fd(), name.as_str(), Mode::from_raw_mode(0o755)).at(Op::CreateDir, || self.join(&name))?;
             crate::failpoint!("anon-after-mkdir");
+            // An orphan sweep may remove the still lockless directory (we
+            // see ENOENT) or claim it with its own lock (we see EEXIST);
+            // either way it is no longer ours: start again.
             let dir = match tree::open_dir(self.as_fd(), &name) {
-                Ok(fd) => fd,
+                Ok(fd) => Dir::from_fd(fd, self.join(&name)),
                 Err(Errno::NOENT) => continue,
                 Err(e) => return Err(e).at(Op::Open, || self.join(&name)),
             };
-            let linked = match &temp_name {
-                None => self.link_tmpfile(lock.as_fd(), dir.as_fd(), LOCK_FILE, &lock_path()),
-                Some(t) => match self.rename_noreplace(t, dir.as_fd(), LOCK_FILE) {
-                    Ok(()) => Ok(Some(())),
-                    Err(Errno::EXIST) | Err(Errno::NOENT) => Ok(None),
-                    Err(e) => Err(Error::Rename {
-                        from: self.join(t),
-                        to: lock_path(),
-                        source: e.into(),
-                    }),
-                },
-            };
-            match linked {
-                Ok(Some(())) => {
-                    scopeguard::ScopeGuard::into_inner(drop_temp);
-                    // The rename moved the name; the guard's path is right.
-                    let lock = relabel(lock, lock_path());
+            match self.link_new_lock(&dir) {
+                Ok(Some(lock)) => {
                     return Ok(AnonymousDir {
                         parent: self,
-                        dir: Dir::from_fd(dir, self.join(&name)),
+                        dir,
                         name,
                         lock,
-                    });
+                    })
                 }
-                // A sweeper removed the directory (ENOENT) or claimed it
-                // with a lock of its own (EEXIST), and will remove it.
                 Ok(None) => continue,
                 Err(e) => {
                     let _ = unlinkat(self.as_fd(), name.as_str(), AtFlags::REMOVEDIR);
                     return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Put a new `object.lock`, exclusively locked by us before it becomes
+    /// visible, into `dir` (a directory in this one). `None` if `dir`
+    /// already has a lock file or has been removed.
+    pub(crate) fn link_new_lock(&self, dir: &Dir) -> Result<Option<FileLock>> {
+        let lock_path = dir.join(LOCK_FILE);
+        if let Some(fd) = self.open_tmpfile()? {
+            let lock = FileLock::acquire(fd, LockKind::Exclusive, Wait::Never, lock_path.clone())?;
+            return Ok(self.link_tmpfile(lock.as_fd(), dir.as_fd(), LOCK_FILE, &lock_path)?.map(|()| lock));
+        }
+        let (temp_name, lock) = self.create_temp()?;
+        match self.rename_noreplace(&temp_name, dir.as_fd(), LOCK_FILE) {
+            Ok(()) => Ok(Some(lock.with_path(lock_path))),
+            Err(e) => {
+                let _ = unlinkat(self.as_fd(), temp_name.as_str(), AtFlags::empty());
+                match e {
+                    Errno::EXIST | Errno::NOENT => Ok(None),
+                    e => Err(Error::Rename {
+                        from: self.join(&temp_name),
+                        to: lock_path,
+                        source: e.into(),
+                    }),
                 }
             }
         }
@@ -463,10 +456,6 @@ fn is_dir_gone(dir: BorrowedFd<'_>) -> bool {
     matches!(rustix::fs::fstat(dir), Ok(st) if st.st_nlink == 0)
 }
 
-fn relabel(lock: FileLock, path: PathBuf) -> FileLock {
-    lock.with_path(path)
-}
-
 /// Write all of `buf` at the start of `fd`.
 pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8], path: &Path) -> Result<()> {
     while !buf.is_empty() {
@@ -524,11 +513,6 @@ impl<'a> AnonymousDir<'a> {
     /// The held lock on its `object.lock`.
     pub fn lock(&self) -> &FileLock {
         &self.lock
-    }
-
-    /// Split into the open directory, its name and the lock.
-    pub(crate) fn into_parts(self) -> (Dir, String, FileLock) {
-        (self.dir, self.name, self.lock)
     }
 
     /// Remove it with the removal protocol: `object.info` first, then all

@@ -25,7 +25,8 @@ pub(crate) struct SizeLock<'c> {
     root: &'c Dir,
     temp: &'c Dir,
     lock: FileLock,
-    value: Option<u64>,
+    /// What the file holds.
+    on_disk: Option<u64>,
 }
 
 impl<'c> SizeLock<'c> {
@@ -33,18 +34,18 @@ impl<'c> SizeLock<'c> {
     /// go to `temp` (`objects/`).
     pub(crate) fn acquire(root: &'c Dir, temp: &'c Dir) -> Result<Self> {
         let lock = root.lock(CACHE_SIZE, LockKind::Exclusive, Wait::Forever)?;
-        let value = read_fd(&lock, root)?;
+        let on_disk = read_fd(&lock, root)?;
         Ok(SizeLock {
             root,
             temp,
             lock,
-            value,
+            on_disk,
         })
     }
 
     /// The value read, or [`Error::Corrupt`] if the file held no size.
     pub(crate) fn value(&self) -> Result<u64> {
-        self.value.ok_or_else(|| {
+        self.on_disk.ok_or_else(|| {
             Error::corrupt(
                 self.root.join(CACHE_SIZE),
                 "not a non-negative JSON integer (run `fscache resync`)",
@@ -52,14 +53,9 @@ impl<'c> SizeLock<'c> {
         })
     }
 
-    /// Whether the file held a valid size.
-    pub(crate) fn is_valid(&self) -> bool {
-        self.value.is_some()
-    }
-
     /// Write `new`, staying in the critical section.
     pub(crate) fn set(&mut self, new: u64) -> Result<()> {
-        if self.value == Some(new) {
+        if self.on_disk == Some(new) {
             return Ok(());
         }
         let held = self
@@ -69,7 +65,7 @@ impl<'c> SizeLock<'c> {
         // Dropping the old guard unlocks the replaced file: anyone waiting
         // on it wakes, sees the replacement and waits again, now on ours.
         self.lock = held;
-        self.value = Some(new);
+        self.on_disk = Some(new);
         Ok(())
     }
 }

@@ -19,6 +19,32 @@ pub(crate) fn open_dir(parent: BorrowedFd<'_>, name: &str) -> rustix::io::Result
     )
 }
 
+/// The entries of `dir` (without `.` and `..`) with their types; a type
+/// the listing leaves unknown is looked up without following links.
+pub(crate) fn list(dir: &crate::atomic::Dir) -> Result<Vec<(String, FileType)>> {
+    let entries = Dir::read_from(dir.as_fd()).at(Op::ReadDir, || dir.path().to_owned())?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.at(Op::ReadDir, || dir.path().to_owned())?;
+        let raw = entry.file_name().to_bytes();
+        if raw == b"." || raw == b".." {
+            continue;
+        }
+        // Names we did not make may be any bytes; ours are UTF-8.
+        let Ok(name) = std::str::from_utf8(raw) else { continue };
+        let kind = match entry.file_type() {
+            FileType::Unknown => match statat(dir.as_fd(), entry.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => FileType::from_raw_mode(st.st_mode),
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e).at(Op::Stat, || dir.join(name)),
+            },
+            t => t,
+        };
+        out.push((name.to_owned(), kind));
+    }
+    Ok(out)
+}
+
 /// Space used by a stat result, as the format counts it.
 pub(crate) fn occupied(st: &rustix::fs::Stat) -> u64 {
     (st.st_blocks as u64).saturating_mul(512)
@@ -153,20 +179,6 @@ fn unlink_writable(
         }
         other => other,
     }
-}
-
-/// Remove the tree `name` in `parent` entirely (used for stray files and
-/// directories that are not cache entries).
-pub(crate) fn remove_tree(parent: BorrowedFd<'_>, name: &str, path: &Path) -> Result<()> {
-    let is_dir = match statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => FileType::from_raw_mode(st.st_mode) == FileType::Directory,
-        Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(e).at(Op::Stat, || path.to_owned()),
-    };
-    let raw = std::ffi::CString::new(name)
-        .map_err(|_| crate::Error::corrupt(path.to_owned(), "name holds NUL"))?;
-    let parent_path = path.parent().unwrap_or(path);
-    remove_child(parent, &raw, name, is_dir, parent_path)
 }
 
 #[cfg(all(test, not(loom)))]

@@ -14,8 +14,11 @@
 //! stage              -> staged PATH         (kept until `unstage`)
 //! unstage            -> unstaged
 //! max BYTES|unlimited -> ok
-//! evict NAME         -> evicted | busy | absent
-//! sweep | resync | clear | gc -> a one-line summary
+//! evict NAME         -> evicted SIZE | busy | absent
+//! sweep              -> swept DIRS FILES BYTES
+//! resync             -> resynced BEFORE AFTER
+//! clear              -> cleared REMOVED IN_USE
+//! gc MAX_BYTES       -> gc REMOVED FREED
 //! exit               -> (exits 0)
 //! ```
 //!
@@ -25,7 +28,7 @@
 use std::io::{BufRead, Write};
 use std::path::Path;
 
-use fscache::{Commit, FsCache, LoadGuard, MaxSize, StageGuard, StoreGuard};
+use fscache::{Commit, Eviction, FsCache, GcOptions, LoadGuard, MaxSize, StageGuard, StoreGuard};
 
 mod payload {
     //! A payload whose `digest` file proves the `payload` file beside it:
@@ -150,6 +153,31 @@ impl Worker {
             ["max", bytes] => {
                 self.cache.set_maximum_size(MaxSize::Bytes(bytes.parse().unwrap_or(0)))?;
                 "ok".into()
+            }
+            ["evict", name] => match self.cache.evict(name)? {
+                Eviction::Removed { size } => format!("evicted {size}"),
+                Eviction::InUse => "busy".into(),
+                Eviction::NotFound => "absent".into(),
+            },
+            ["sweep"] => {
+                let r = self.cache.sweep_orphans()?;
+                format!("swept {} {} {}", r.orphan_dirs, r.orphan_files, r.bytes_given_back)
+            }
+            ["resync"] => {
+                let r = self.cache.resync()?;
+                format!("resynced {:?} {}", r.before, r.after)
+            }
+            ["clear"] => {
+                let r = self.cache.clear()?;
+                format!("cleared {} {}", r.removed, r.in_use)
+            }
+            ["gc", max] => {
+                let options = GcOptions {
+                    max_size: max.parse().ok(),
+                    ..GcOptions::default()
+                };
+                let r = self.cache.gc(&options)?;
+                format!("gc {} {}", r.removed.len(), r.freed)
             }
             _ => format!("error unknown command {line:?}"),
         })

@@ -73,7 +73,7 @@ pub struct CommitError<'c> {
     #[source]
     pub error: Error,
     /// The entry, still uncommitted.
-    pub guard: StoreGuard<'c>,
+    pub guard: Box<StoreGuard<'c>>,
 }
 
 impl From<CommitError<'_>> for Error {
@@ -185,7 +185,10 @@ impl<'c> StoreGuard<'c> {
     pub fn commit(mut self) -> Result<Commit, CommitError<'c>> {
         match self.try_commit() {
             Ok(outcome) => Ok(outcome),
-            Err(error) => Err(CommitError { error, guard: self }),
+            Err(error) => Err(CommitError {
+                error,
+                guard: Box::new(self),
+            }),
         }
     }
 

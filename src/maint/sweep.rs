@@ -1,0 +1,226 @@
+//! The orphan sweep: anonymous entries and files whose lock nobody holds
+//! belong to dead processes.
+
+use std::os::fd::AsFd;
+
+use rustix::fs::{statat, unlinkat, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::atomic::{remove_entry, Dir, LOCK_FILE};
+use crate::beneath::open_beneath;
+use crate::cache::read_all;
+use crate::error::{Error, IoContext, Op, Result};
+use crate::info::{ObjectInfo, OBJECT_INFO};
+use crate::lock::{LockKind, Wait};
+use crate::maint::victim::is_gone;
+use crate::FsCache;
+
+/// What [`FsCache::sweep_orphans`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SweepReport {
+    /// Orphaned `uuid-*` directories removed (from `objects/` and `stage/`).
+    pub orphan_dirs: u64,
+    /// Orphaned `uuid-*` temporary files removed.
+    pub orphan_files: u64,
+    /// Of the orphans, those left from before the current boot.
+    pub from_previous_boot: u64,
+    /// Named entries without a valid `object.info` (a removal cut short),
+    /// removed.
+    pub invalid_entries: u64,
+    /// Bytes given back to `cache.size` for orphans that had been
+    /// accounted.
+    pub bytes_given_back: u64,
+    /// Anonymous entries skipped because their owner is alive.
+    pub live: u64,
+}
+
+/// How many times an orphan is re-examined when a creator keeps racing us.
+const ADOPT_TRIES: usize = 3;
+
+impl FsCache {
+    /// Remove every orphan: `uuid-*` directories in `objects/` and `stage/`
+    /// and `uuid-*` files in `objects/` whose lock nobody holds, giving
+    /// back the size of any that had been accounted; and named entries
+    /// without a valid `object.info` that nobody holds.
+    ///
+    /// Liveness is decided by the lock alone, never by age. An anonymous
+    /// directory that has no lock file yet may belong to a creator between
+    /// two steps: the sweep claims it by linking a lock of its own into
+    /// it, which makes such a creator start again under a new name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnsupportedVersion`] if the cache's version is unsupported
+    /// (only `stage/` would be safe to touch, and we do not guess);
+    /// [`Error::Io`] on I/O failure.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let cache = fscache::FsCache::open("my-tool", dir.path())?;
+    /// let report = cache.sweep_orphans()?;
+    /// assert_eq!(report.orphan_dirs, 0);
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
+    pub fn sweep_orphans(&self) -> Result<SweepReport> {
+        self.require_supported()?;
+        let mut report = SweepReport::default();
+        let boot = crate::maint::stats::boot_time();
+        for (dir, accounted) in [(self.objects(), true), (self.stage_dir(), false)] {
+            for (name, kind) in crate::tree::list(dir)? {
+                let anonymous = name.starts_with("uuid-");
+                match kind {
+                    FileType::Directory if anonymous => {
+                        let old = is_before(dir, &name, boot);
+                        match self.reap_anonymous(dir, &name, accounted)? {
+                            Reaped::Removed(bytes) => {
+                                report.orphan_dirs += 1;
+                                report.bytes_given_back += bytes;
+                                report.from_previous_boot += u64::from(old);
+                            }
+                            Reaped::Live => report.live += 1,
+                            Reaped::Gone => {}
+                        }
+                    }
+                    FileType::RegularFile if anonymous => {
+                        let old = is_before(dir, &name, boot);
+                        if reap_file(dir, &name)? {
+                            report.orphan_files += 1;
+                            report.from_previous_boot += u64::from(old);
+                        }
+                    }
+                    FileType::Directory if accounted => {
+                        if self.reap_invalid(&name)? {
+                            report.invalid_entries += 1;
+                        }
+                    }
+                    // Links, devices and foreign files: not ours to judge.
+                    _ => {}
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Remove the anonymous directory `name` in `dir` unless its owner is
+    /// alive.
+    fn reap_anonymous(&self, dir: &Dir, name: &str, accounted: bool) -> Result<Reaped> {
+        let rel = format!("{name}/{LOCK_FILE}");
+        let mut tries = 0;
+        let lock = loop {
+            tries += 1;
+            match dir.lock(&rel, LockKind::Exclusive, Wait::Never) {
+                Ok(lock) => break lock,
+                Err(Error::WouldBlock { .. }) => return Ok(Reaped::Live),
+                Err(e) if e.errno() == Some(Errno::NOENT.raw_os_error()) && tries <= ADOPT_TRIES => {
+                    // No lock file: a crash, or a creator between mkdir and
+                    // link. Claim it with a lock of our own.
+                    let entry = match dir.open_dir(name) {
+                        Ok(entry) => entry,
+                        Err(e) if is_gone(&e) => return Ok(Reaped::Gone),
+                        Err(e) => return Err(e),
+                    };
+                    match dir.link_new_lock(&entry)? {
+                        Some(lock) => break lock,
+                        None => continue,
+                    }
+                }
+                Err(e) if is_gone(&e) => return Ok(Reaped::Gone),
+                Err(e) => return Err(e),
+            }
+        };
+        crate::failpoint!("sweep-after-lock");
+        let entry = match dir.open_dir(name) {
+            Ok(entry) => entry,
+            Err(e) if is_gone(&e) => return Ok(Reaped::Gone),
+            Err(e) => return Err(e),
+        };
+        let mut bytes = 0;
+        if accounted {
+            bytes = self.give_back_info(&entry)?;
+        }
+        remove_entry(dir, name, &entry)?;
+        drop(lock);
+        Ok(Reaped::Removed(bytes))
+    }
+
+    /// In the size critical section: unlink `entry`'s `object.info`, if it
+    /// has one, and give its size back. Returns the bytes given back.
+    pub(crate) fn give_back_info(&self, entry: &Dir) -> Result<u64> {
+        let size = match open_beneath(entry.as_fd(), OBJECT_INFO, OFlags::RDONLY, Mode::empty()) {
+            Ok(fd) => ObjectInfo::parse(&read_all(&fd, &entry.join(OBJECT_INFO))?).map_or(0, |i| i.size),
+            Err(Errno::NOENT) => return Ok(0),
+            Err(e) => return Err(e).at(Op::Open, || entry.join(OBJECT_INFO)),
+        };
+        let mut size_lock = self.lock_size()?;
+        match unlinkat(entry.as_fd(), OBJECT_INFO, AtFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::NOENT) => return Ok(0),
+            Err(e) => return Err(e).at(Op::Unlink, || entry.join(OBJECT_INFO)),
+        }
+        let current = size_lock.value()?;
+        size_lock.set(current.saturating_sub(size))?;
+        Ok(size)
+    }
+
+    /// Remove the named entry `name` if it has no valid `object.info` and
+    /// nobody holds it.
+    fn reap_invalid(&self, name: &str) -> Result<bool> {
+        if self.has_valid_info(name)? {
+            return Ok(false);
+        }
+        let Some(victim) = self.lock_victim(name, None)? else {
+            return Ok(false);
+        };
+        // Recheck under the lock: a creator may have been mid-commit.
+        if victim.size.is_some() {
+            return Ok(false);
+        }
+        self.remove_victims(vec![victim])?;
+        Ok(true)
+    }
+
+    fn has_valid_info(&self, name: &str) -> Result<bool> {
+        let objects = self.objects();
+        let rel = format!("{name}/{OBJECT_INFO}");
+        match open_beneath(objects.as_fd(), &rel, OFlags::RDONLY, Mode::empty()) {
+            Ok(fd) => Ok(ObjectInfo::parse(&read_all(&fd, &objects.join(&rel))?).is_some()),
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => Ok(false),
+            Err(e) => Err(e).at(Op::Open, || objects.join(&rel)),
+        }
+    }
+}
+
+enum Reaped {
+    Removed(u64),
+    Live,
+    Gone,
+}
+
+/// Remove the temporary file `name` unless its writer holds it.
+fn reap_file(dir: &Dir, name: &str) -> Result<bool> {
+    let lock = match dir.lock(name, LockKind::Exclusive, Wait::Never) {
+        Ok(lock) => lock,
+        Err(Error::WouldBlock { .. }) => return Ok(false),
+        Err(e) if is_gone(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let removed = match unlinkat(dir.as_fd(), name, AtFlags::empty()) {
+        Ok(()) => true,
+        Err(Errno::NOENT) => false,
+        Err(e) => return Err(e).at(Op::Unlink, || dir.join(name)),
+    };
+    drop(lock);
+    Ok(removed)
+}
+
+/// Whether `name` in `dir` was last changed before `boot` (seconds since
+/// the epoch).
+pub(crate) fn is_before(dir: &Dir, name: &str, boot: Option<i64>) -> bool {
+    match (boot, statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)) {
+        (Some(boot), Ok(st)) => st.st_ctime < boot,
+        _ => false,
+    }
+}

@@ -1,0 +1,179 @@
+//! Choosing and removing entries: the LRU order and the removal protocol.
+
+use std::os::fd::AsFd;
+
+use rustix::fs::{fstat, statat, unlinkat, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::atomic::{remove_entry, Dir, LOCK_FILE};
+use crate::beneath::open_beneath;
+use crate::cache::read_all;
+use crate::error::{Error, IoContext, Op, Result};
+use crate::info::{ObjectInfo, OBJECT_INFO};
+use crate::lock::{FileLock, LockKind, Wait};
+use crate::tree;
+use crate::FsCache;
+
+/// How many entries one size critical section gives back at once: enough
+/// to amortise the section, few enough to stay far from the fd limit.
+const BATCH: usize = 64;
+
+/// The last use of an entry: its lock file's atime.
+pub(crate) type LastUse = (i64, i64);
+
+/// A committed entry as seen by a scan.
+#[derive(Debug)]
+pub(crate) struct Candidate {
+    pub(crate) name: String,
+    pub(crate) last_use: LastUse,
+}
+
+/// An entry we hold exclusively, about to be removed.
+#[derive(Debug)]
+pub(crate) struct Victim {
+    pub(crate) name: String,
+    /// Its `object.info` size; `None` if it had none (an invalid entry,
+    /// which is not accounted).
+    pub(crate) size: Option<u64>,
+    dir: Dir,
+    lock: FileLock,
+}
+
+fn last_use(st: &rustix::fs::Stat) -> LastUse {
+    (st.st_atime, st.st_atime_nsec as i64)
+}
+
+impl FsCache {
+    /// Every named entry with its last use, least recently used first.
+    pub(crate) fn lru_candidates(&self) -> Result<Vec<Candidate>> {
+        let objects = self.objects();
+        let mut out = Vec::new();
+        for (name, kind) in tree::list(objects)? {
+            if kind != FileType::Directory || name.starts_with("uuid-") {
+                continue;
+            }
+            let rel = format!("{name}/{LOCK_FILE}");
+            match statat(objects.as_fd(), rel.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => out.push(Candidate {
+                    name,
+                    last_use: last_use(&st),
+                }),
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) => {}
+                Err(e) => return Err(e).at(Op::Stat, || objects.join(&rel)),
+            }
+        }
+        out.sort_by(|a, b| a.last_use.cmp(&b.last_use).then_with(|| a.name.cmp(&b.name)));
+        Ok(out)
+    }
+
+    /// Take entry `name` exclusively without waiting. `None` if it is in
+    /// use, gone, or (with `seen`) used since it was chosen.
+    pub(crate) fn lock_victim(&self, name: &str, seen: Option<LastUse>) -> Result<Option<Victim>> {
+        let objects = self.objects();
+        let rel = format!("{name}/{LOCK_FILE}");
+        let open = |extra| FileLock::open_at(objects.as_fd(), &rel, LockKind::Exclusive, Wait::Never, extra, || objects.join(&rel));
+        // O_NOATIME keeps the look from counting as a use; only the owner
+        // of the file may ask for it.
+        let lock = match open(OFlags::NOATIME) {
+            Err(e) if e.errno() == Some(Errno::PERM.raw_os_error()) => open(OFlags::empty()),
+            other => other,
+        };
+        let lock = match lock {
+            Ok(lock) => lock,
+            Err(Error::WouldBlock { .. }) => return Ok(None),
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if let Some(seen) = seen {
+            let st = fstat(&lock).at(Op::Stat, || objects.join(&rel))?;
+            if last_use(&st) != seen {
+                return Ok(None);
+            }
+        }
+        let dir = match objects.open_dir(name) {
+            Ok(dir) => dir,
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let size = match open_beneath(dir.as_fd(), OBJECT_INFO, OFlags::RDONLY, Mode::empty()) {
+            Ok(fd) => ObjectInfo::parse(&read_all(&fd, &dir.join(OBJECT_INFO))?).map(|i| i.size),
+            Err(Errno::NOENT) => None,
+            Err(e) => return Err(e).at(Op::Open, || dir.join(OBJECT_INFO)),
+        };
+        Ok(Some(Victim {
+            name: name.to_owned(),
+            size,
+            dir,
+            lock,
+        }))
+    }
+
+    /// Evict least recently used entries until `want` bytes are freed or
+    /// none is left that is not in use. Returns what was removed.
+    pub(crate) fn evict_lru(&self, want: u64) -> Result<Vec<(String, u64)>> {
+        let mut removed = Vec::new();
+        let mut freed = 0u64;
+        let mut batch = Vec::new();
+        for c in self.lru_candidates()? {
+            if freed >= want {
+                break;
+            }
+            if let Some(v) = self.lock_victim(&c.name, Some(c.last_use))? {
+                freed = freed.saturating_add(v.size.unwrap_or(0));
+                batch.push(v);
+                if batch.len() == BATCH {
+                    removed.extend(self.remove_victims(std::mem::take(&mut batch))?);
+                }
+            }
+        }
+        removed.extend(self.remove_victims(batch)?);
+        Ok(removed)
+    }
+
+    /// The removal protocol for entries we hold: in one size critical
+    /// section, unlink each `object.info` and give its size back; then
+    /// remove the rest of each entry and let go of its lock.
+    pub(crate) fn remove_victims(&self, victims: Vec<Victim>) -> Result<Vec<(String, u64)>> {
+        if victims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let objects = self.objects();
+        let mut size_lock = self.lock_size()?;
+        let mut given_back = 0u64;
+        let mut invalidated = Vec::with_capacity(victims.len());
+        for v in victims {
+            match unlinkat(v.dir.as_fd(), OBJECT_INFO, AtFlags::empty()) {
+                Ok(()) => given_back = given_back.saturating_add(v.size.unwrap_or(0)),
+                Err(Errno::NOENT) => {}
+                Err(e) => {
+                    // Give back what is already gone before failing.
+                    let current = size_lock.value()?;
+                    size_lock.set(current.saturating_sub(given_back))?;
+                    return Err(e).at(Op::Unlink, || v.dir.join(OBJECT_INFO));
+                }
+            }
+            invalidated.push(v);
+        }
+        crate::failpoint!("evict-after-info");
+        let current = size_lock.value()?;
+        size_lock.set(current.saturating_sub(given_back))?;
+        drop(size_lock);
+        let mut removed = Vec::with_capacity(invalidated.len());
+        for v in invalidated {
+            // The entry is already invalid; a failure here leaves debris
+            // that the next sweep removes, so keep going.
+            let _ = remove_entry(objects, &v.name, &v.dir);
+            drop(v.lock);
+            removed.push((v.name, v.size.unwrap_or(0)));
+        }
+        Ok(removed)
+    }
+}
+
+/// Errors that mean the entry is not there (any more).
+pub(crate) fn is_gone(e: &Error) -> bool {
+    matches!(
+        e.errno().map(Errno::from_raw_os_error),
+        Some(Errno::NOENT) | Some(Errno::NOTDIR) | Some(Errno::LOOP)
+    )
+}
