@@ -4,7 +4,7 @@ use std::fmt;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{mkdirat, openat, statat, unlinkat, AtFlags, Mode, OFlags};
+use rustix::fs::{mkdirat, openat, unlinkat, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::atomic::{write_all, AnonymousDir};
@@ -213,18 +213,6 @@ impl<'c> StoreGuard<'c> {
             .entry
             .as_ref()
             .expect("a guard holds its entry until it is consumed");
-        // Cheap early answer for the common duplicate; the rename below
-        // still decides races.
-        if statat(
-            objects.as_fd(),
-            self.name.as_str(),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .is_ok()
-        {
-            self.abort_in_place()?;
-            return Ok(Commit::NameTaken);
-        }
         let data = tree::open_dir(entry.dir().as_fd(), DATA).at(Op::Open, || self.data.clone())?;
         let size = tree::measure(data.as_fd(), &self.data)?;
         drop(data);

@@ -1,0 +1,189 @@
+//! Maintenance next to live users: eviction order, held entries, orphans,
+//! drift, and a concurrent mix of everything.
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use common::*;
+use fscache::{Commit, Eviction, FsCache, GcOptions, MaxSize};
+use rustix::fs::{Timespec, Timestamps};
+
+/// Store `name` with `bytes` of content from this process.
+fn put(cache: &FsCache, name: &str, bytes: usize) -> fscache::Result<Commit> {
+    let e = cache.store(name)?;
+    std::fs::write(e.path().join("f"), vec![7u8; bytes]).expect("write payload");
+    Ok(e.commit()?)
+}
+
+/// Set an entry's last use to `secs` after the epoch.
+fn set_last_use(cache: &Path, name: &str, secs: i64) {
+    let f = std::fs::File::open(cache.join("objects").join(name).join("object.lock")).expect("open lock");
+    let t = Timespec { tv_sec: secs, tv_nsec: 0 };
+    rustix::fs::futimens(f.as_fd(), &Timestamps { last_access: t, last_modification: t }).expect("futimens");
+}
+
+fn entries(cache: &Path) -> Vec<String> {
+    names(&cache.join("objects")).into_iter().filter(|n| !n.starts_with("uuid-")).collect()
+}
+
+#[test]
+fn recently_loaded_entries_survive_an_eviction_round_and_old_ones_go() -> TestResult {
+    let (_t, root) = new_cache(MaxSize::Unlimited);
+    let cache = FsCache::open("fscache-tests", &root)?;
+    for i in 0..10 {
+        assert!(put(&cache, &format!("e{i}"), 8000)?.is_stored());
+        set_last_use(&root, &format!("e{i}"), 1_000_000 + i);
+    }
+    let each = cache.accounted_size()? / 10;
+    // e0 is the oldest by far, but a load makes it the newest.
+    drop(cache.load("e0")?.expect("hit"));
+    cache.set_maximum_size(MaxSize::Bytes(each * 10))?;
+    // One more entry does not fit: eviction frees down to 90% with it in.
+    assert!(put(&cache, "new", 8000)?.is_stored());
+    let left = entries(&root);
+    assert!(left.contains(&"e0".to_string()), "the recently loaded entry must survive: {left:?}");
+    assert!(left.contains(&"new".to_string()));
+    assert!(!left.contains(&"e1".to_string()) && !left.contains(&"e2".to_string()), "the oldest go first: {left:?}");
+    assert!(left.contains(&"e9".to_string()), "only as many as needed go: {left:?}");
+    assert!(cache.accounted_size()? <= each * 9, "evicted down to the low watermark");
+    assert_exact(&root);
+    Ok(())
+}
+
+#[test]
+fn a_full_cache_evicts_to_the_low_watermark_so_the_next_stores_need_no_scan() -> TestResult {
+    let (_t, root) = new_cache(MaxSize::Unlimited);
+    let cache = FsCache::open("fscache-tests", &root)?;
+    for i in 0..20 {
+        assert!(put(&cache, &format!("e{i:02}"), 4000)?.is_stored());
+        set_last_use(&root, &format!("e{i:02}"), 1_000_000 + i);
+    }
+    let each = cache.accounted_size()? / 20;
+    cache.set_maximum_size(MaxSize::Bytes(each * 20))?;
+    assert!(put(&cache, "n0", 4000)?.is_stored());
+    let after_round = entries(&root).len();
+    assert_eq!(after_round, 18, "one round evicts three to land at 90% with the new entry");
+    // The headroom takes the next stores without evicting anything.
+    assert!(put(&cache, "n1", 4000)?.is_stored());
+    assert!(put(&cache, "n2", 4000)?.is_stored());
+    assert_eq!(entries(&root).len(), after_round + 2);
+    assert_exact(&root);
+    Ok(())
+}
+
+#[test]
+fn a_reader_in_another_process_keeps_its_entry_through_gc_evict_and_clear() -> TestResult {
+    let (_t, root) = new_cache(MaxSize::Unlimited);
+    let cache = FsCache::open("fscache-tests", &root)?;
+    assert!(put(&cache, "free1", 5000)?.is_stored());
+    assert!(put(&cache, "free2", 5000)?.is_stored());
+    let mut holder = Worker::spawn(&root);
+    holder.ask("store held2 100");
+    assert!(holder.ask("commit").starts_with("stored"));
+    assert!(holder.ask("load held2").starts_with("hit"));
+
+    assert_eq!(cache.evict("held2")?, Eviction::InUse);
+    let gc = cache.gc(&GcOptions { max_size: Some(0), ..GcOptions::default() })?;
+    assert_eq!(gc.in_use, 1, "{gc:?}");
+    let cleared = cache.clear()?;
+    assert_eq!(cleared.in_use, 1, "{cleared:?}");
+    assert_eq!(entries(&root), vec!["held2"], "only the held entry is left");
+    assert!(holder.ask("load held2").starts_with("hit "), "and it is whole");
+    assert_exact(&root);
+    holder.ask("release");
+    assert!(matches!(cache.evict("held2")?, Eviction::Removed { .. }));
+    assert_eq!(cache.accounted_size()?, 0);
+    Ok(())
+}
+
+#[test]
+fn orphans_of_killed_processes_are_swept_and_live_entries_are_not() -> TestResult {
+    let (_t, root) = new_cache(MaxSize::Unlimited);
+    for _ in 0..3 {
+        let mut doomed = Worker::spawn(&root);
+        doomed.ask("store x 1000");
+        doomed.ask("stage");
+        doomed.kill();
+    }
+    let mut live = Worker::spawn(&root);
+    assert!(live.ask("store y 1000").starts_with("storing"));
+    assert!(live.ask("stage").starts_with("staged"));
+    // A directory left between mkdir and the lock link, and a temporary.
+    std::fs::create_dir(root.join("objects/uuid-0123456789abcdef0123456789abcdef"))?;
+    std::fs::write(root.join("objects/uuid-fedcba9876543210fedcba9876543210"), "tmp")?;
+
+    let cache = FsCache::open("fscache-tests", &root)?;
+    let stats = cache.stats()?;
+    assert_eq!((stats.orphans, stats.live_anonymous), (8, 2), "{stats:?}");
+    let report = cache.sweep_orphans()?;
+    assert_eq!((report.orphan_dirs, report.orphan_files, report.live), (7, 1, 2), "{report:?}");
+    assert_eq!(names(&root.join("objects")).len(), 1, "only the live store is left");
+    assert_eq!(names(&root.join("stage")).len(), 1, "only the live stage is left");
+    assert!(live.ask("commit").starts_with("stored"), "the live store was not disturbed");
+    assert_exact(&root);
+    Ok(())
+}
+
+#[test]
+fn resync_repairs_an_osbuild_style_drift() -> TestResult {
+    let (_t, root) = new_cache(MaxSize::Unlimited);
+    let cache = FsCache::open("fscache-tests", &root)?;
+    assert!(put(&cache, "a", 10_000)?.is_stored());
+    assert!(put(&cache, "b", 20_000)?.is_stored());
+    let exact = size_file(&root);
+    // osbuild counts up before it writes object.info; a crash in between
+    // leaves the total too high. A hand edit can also make it garbage.
+    for bad in ["999999", "-5", "not json", ""] {
+        std::fs::write(root.join("cache.size"), bad)?;
+        let r = cache.resync()?;
+        assert_eq!(r.after, exact, "after {bad:?}");
+        assert_exact(&root);
+    }
+    Ok(())
+}
+
+#[test]
+fn concurrent_loaders_storers_and_collectors_keep_every_invariant() -> TestResult {
+    let max: u64 = 256 * 1024;
+    let (_t, root) = new_cache(MaxSize::Bytes(max));
+    let mut workers: Vec<Worker> = (0..4).map(|_| Worker::spawn(&root)).collect();
+    for (i, w) in workers.iter_mut().enumerate() {
+        w.send(&format!("run {} 300 12 {max}", 17 + i));
+    }
+    for w in &mut workers {
+        let out = w.next_line();
+        assert!(out.starts_with("ran "), "{out}");
+    }
+    drop(workers);
+    assert_exact(&root);
+    assert!(size_file(&root) <= max);
+    let cache = FsCache::open("fscache-tests", &root)?;
+    let report = cache.sweep_orphans()?;
+    assert_eq!(report.live, 0);
+    assert!(names(&root.join("objects")).iter().all(|n| !n.starts_with("uuid-")), "no orphan after a sweep");
+    assert!(names(&root.join("stage")).is_empty());
+    assert_exact(&root);
+    Ok(())
+}
+
+#[test]
+fn a_crash_between_accounting_and_the_rename_is_repaired_by_resync() -> TestResult {
+    // Model the state a SIGKILL after `object.info` leaves: an unlocked
+    // anonymous entry whose size is in cache.size.
+    let (_t, root) = new_cache(MaxSize::Unlimited);
+    let cache = FsCache::open("fscache-tests", &root)?;
+    assert!(put(&cache, "kept", 3000)?.is_stored());
+    let kept = size_file(&root);
+    let orphan = root.join("objects/uuid-00000000000000000000000000000001");
+    std::fs::create_dir_all(orphan.join("data"))?;
+    std::fs::write(orphan.join("object.lock"), "")?;
+    std::fs::write(orphan.join("object.info"), r#"{"size": 4096}"#)?;
+    std::fs::write(root.join("cache.size"), (kept + 4096).to_string())?;
+    assert_exact(&root);
+    let r = cache.resync()?;
+    assert_eq!((r.sweep.orphan_dirs, r.sweep.bytes_given_back, r.after), (1, 4096, kept));
+    assert_exact(&root);
+    Ok(())
+}
