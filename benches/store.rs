@@ -1,0 +1,78 @@
+//! What a store and a load cost, and whether a full cache gets slower as it
+//! holds more entries (it must not: eviction frees down to a low watermark,
+//! so the scan of all entries is paid once per many stores).
+//!
+//! `cargo bench --bench store`; `FSCACHE_BENCH_SIZES=1000,10000,100000`
+//! chooses the cache sizes for the full-cache group (default 1000,10000).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use fscache::{FsCache, MaxSize};
+
+/// A small entry: one 100-byte file (a block of data plus the data dir).
+fn put(cache: &FsCache, name: &str) {
+    let e = cache.store(name).expect("store");
+    std::fs::write(e.path().join("f"), [7u8; 100]).expect("write");
+    let outcome = e.commit().expect("commit");
+    assert!(outcome.is_stored(), "{name}: {outcome}");
+}
+
+/// A cache holding `n` entries whose maximum is exactly what they take.
+fn full_cache(n: usize) -> (tempfile::TempDir, FsCache) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = FsCache::open("fscache-bench", dir.path()).expect("open");
+    cache.set_maximum_size(MaxSize::Unlimited).expect("max");
+    let start = Instant::now();
+    for i in 0..n {
+        put(&cache, &format!("seed-{i}"));
+    }
+    let full = cache.accounted_size().expect("size");
+    cache.set_maximum_size(MaxSize::Bytes(full)).expect("max");
+    eprintln!("filled {n} entries ({full} bytes) in {:?}", start.elapsed());
+    (dir, cache)
+}
+
+fn sizes() -> Vec<usize> {
+    std::env::var("FSCACHE_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000, 10_000])
+}
+
+fn store_into_full_cache(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store_into_full_cache");
+    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    for n in sizes() {
+        let (_dir, cache) = full_cache(n);
+        let mut next = 0u64;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                next += 1;
+                put(&cache, &format!("new-{next}"));
+            })
+        });
+    }
+    group.finish();
+}
+
+fn load_and_store(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = FsCache::open("fscache-bench", dir.path()).expect("open");
+    cache.set_maximum_size(MaxSize::Unlimited).expect("max");
+    put(&cache, "hot");
+    c.bench_function("load_hit", |b| b.iter(|| black_box(cache.load("hot").expect("load").expect("hit"))));
+    c.bench_function("load_miss", |b| b.iter(|| black_box(cache.load("cold").expect("load"))));
+    let mut next = 0u64;
+    c.bench_function("store_commit_unlimited", |b| {
+        b.iter(|| {
+            next += 1;
+            put(&cache, &format!("s-{next}"));
+        })
+    });
+    c.bench_function("stage", |b| b.iter(|| black_box(cache.stage().expect("stage"))));
+}
+
+criterion_group!(benches, load_and_store, store_into_full_cache);
+criterion_main!(benches);
