@@ -43,7 +43,9 @@ fn sizes() -> Vec<usize> {
 
 fn store_into_full_cache(c: &mut Criterion) {
     let mut group = c.benchmark_group("store_into_full_cache");
-    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
     for n in sizes() {
         let (_dir, cache) = full_cache(n);
         let mut next = 0u64;
@@ -62,8 +64,12 @@ fn load_and_store(c: &mut Criterion) {
     let cache = FsCache::open("fscache-bench", dir.path()).expect("open");
     cache.set_maximum_size(MaxSize::Unlimited).expect("max");
     put(&cache, "hot");
-    c.bench_function("load_hit", |b| b.iter(|| black_box(cache.load("hot").expect("load").expect("hit"))));
-    c.bench_function("load_miss", |b| b.iter(|| black_box(cache.load("cold").expect("load"))));
+    c.bench_function("load_hit", |b| {
+        b.iter(|| black_box(cache.load("hot").expect("load").expect("hit")))
+    });
+    c.bench_function("load_miss", |b| {
+        b.iter(|| black_box(cache.load("cold").expect("load")))
+    });
     let mut next = 0u64;
     c.bench_function("store_commit_unlimited", |b| {
         b.iter(|| {
@@ -71,7 +77,9 @@ fn load_and_store(c: &mut Criterion) {
             put(&cache, &format!("s-{next}"));
         })
     });
-    c.bench_function("stage", |b| b.iter(|| black_box(cache.stage().expect("stage"))));
+    c.bench_function("stage", |b| {
+        b.iter(|| black_box(cache.stage().expect("stage")))
+    });
 }
 
 criterion_group!(benches, load_and_store, store_into_full_cache);

@@ -23,7 +23,10 @@ fn child(dir: &Path, id: usize) -> Result<(), Box<dyn std::error::Error>> {
         match cache.load(&name)? {
             Some(hit) => {
                 let body = std::fs::read(hit.path().join("artifact.bin"))?;
-                assert!(body.iter().all(|&b| b == body[0]), "a reader saw a torn entry");
+                assert!(
+                    body.iter().all(|&b| b == body[0]),
+                    "a reader saw a torn entry"
+                );
                 hits += 1;
             }
             None => {
@@ -46,9 +49,15 @@ fn child(dir: &Path, id: usize) -> Result<(), Box<dyn std::error::Error>> {
 /// Space used below `path`, counted as the format counts it.
 fn measured(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0);
+    let meta = std::fs::symlink_metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0);
     let below: u64 = match std::fs::read_dir(path) {
-        Ok(rd) if !std::fs::symlink_metadata(path).map(|m| m.file_type().is_symlink()).unwrap_or(true) => {
+        Ok(rd)
+            if !std::fs::symlink_metadata(path)
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(true) =>
+        {
             rd.filter_map(Result::ok).map(|e| measured(&e.path())).sum()
         }
         _ => 0,
@@ -67,7 +76,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tmp.path().join("cache");
     let cache = FsCache::open("fscache-demo", &dir)?;
     cache.set_maximum_size(MaxSize::Bytes(8 << 20))?;
-    println!("cache at {} (maximum 8 MiB), {WORKERS} processes x {ROUNDS} rounds over {NAMES} names", dir.display());
+    println!(
+        "cache at {} (maximum 8 MiB), {WORKERS} processes x {ROUNDS} rounds over {NAMES} names",
+        dir.display()
+    );
 
     let exe = std::env::current_exe()?;
     let children: Vec<_> = (0..WORKERS)

@@ -273,7 +273,8 @@ impl Dir {
         loop {
             let name = anonymous_name();
             crate::failpoint!("anon-before-mkdir");
-            mkdirat(self.as_fd(), name.as_str(), Mode::from_raw_mode(0o755)).at(Op::CreateDir, || self.join(&name))?;
+            mkdirat(self.as_fd(), name.as_str(), Mode::from_raw_mode(0o755))
+                .at(Op::CreateDir, || self.join(&name))?;
             crate::failpoint!("anon-after-mkdir");
             // An orphan sweep may remove the still lockless directory (we
             // see ENOENT) or claim it with its own lock (we see EEXIST);
@@ -308,7 +309,9 @@ impl Dir {
         let lock_path = dir.join(LOCK_FILE);
         if let Some(fd) = self.open_tmpfile()? {
             let lock = FileLock::acquire(fd, LockKind::Exclusive, Wait::Never, lock_path.clone())?;
-            return Ok(self.link_tmpfile(lock.as_fd(), dir.as_fd(), LOCK_FILE, &lock_path)?.map(|()| lock));
+            return Ok(self
+                .link_tmpfile(lock.as_fd(), dir.as_fd(), LOCK_FILE, &lock_path)?
+                .map(|()| lock));
         }
         let (temp_name, lock) = self.create_temp()?;
         match self.rename_noreplace(&temp_name, dir.as_fd(), LOCK_FILE) {

@@ -218,7 +218,7 @@ mod tests {
         assert_eq!(bad.effective_maximum(), MaxSize::Bytes(0));
         assert_eq!(CacheInfo::parse(b"[1]"), CacheInfo::default());
         assert_eq!(CacheInfo::parse(b"\xff garbage"), CacheInfo::default());
-        assert_eq!(CacheInfo::parse(br#"{"version": 2}"#).is_supported(), false);
+        assert!(!CacheInfo::parse(br#"{"version": 2}"#).is_supported());
         assert_eq!(
             CacheInfo::parse(br#"{"maximum-size": "unlimited"}"#).effective_maximum(),
             MaxSize::Unlimited

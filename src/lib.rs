@@ -115,10 +115,12 @@ mod tree;
 pub use bootid::app_boot_id;
 pub use cache::{Commit, CommitError, FsCache, LoadGuard, StageGuard, StoreGuard};
 pub use error::{Error, ErrorKind, Op, Result};
-pub use maint::{ClearReport, Eviction, GcOptions, GcReport, Reason, Removed, ResyncReport, Stats, SweepReport};
 pub use info::{
     parse_size, CacheInfo, MaxSize, ObjectInfo, DEFAULT_LOW_WATERMARK_PERCENT, LOW_WATERMARK_KEY,
     VERSION_CURRENT, VERSION_MINIMUM,
+};
+pub use maint::{
+    ClearReport, Eviction, GcOptions, GcReport, Reason, Removed, ResyncReport, Stats, SweepReport,
 };
 pub use name::{validate_name, MAX_NAME_LEN};
 

@@ -387,7 +387,10 @@ mod tests {
         let w = FileLock::open(&p, LockKind::Exclusive, Wait::Never);
         assert!(matches!(w, Err(Error::WouldBlock { .. })), "{w:?}");
         drop((a, b));
-        drop(FileLock::open(&p, LockKind::Exclusive, Wait::Never).expect("free again after both drop"));
+        drop(
+            FileLock::open(&p, LockKind::Exclusive, Wait::Never)
+                .expect("free again after both drop"),
+        );
     }
 
     #[test]

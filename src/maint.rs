@@ -44,7 +44,11 @@ impl FsCache {
                 MaxSize::Bytes(low) => low,
                 MaxSize::Unlimited => max,
             };
-            let target = if low >= size { low - size } else { max.saturating_sub(size) };
+            let target = if low >= size {
+                low - size
+            } else {
+                max.saturating_sub(size)
+            };
             let need = (current.saturating_add(size)).saturating_sub(max);
             self.evict_lru(current.saturating_sub(target).max(need))?;
             evicted = true;

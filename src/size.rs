@@ -76,6 +76,12 @@ fn read_fd(fd: &impl AsFd, root: &Dir) -> Result<Option<u64>> {
     while len < buf.len() {
         match rustix::io::pread(fd, &mut buf[len..], len as u64) {
             Ok(0) => break,
+            // A short read of a regular file is its end: save the call
+            // that would return 0.
+            Ok(n) if n < buf.len() - len => {
+                len += n;
+                break;
+            }
             Ok(n) => len += n,
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e).at(Op::Read, || root.join(CACHE_SIZE)),

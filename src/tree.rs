@@ -1,8 +1,10 @@
 //! Measuring and removing directory trees through descriptors, never
 //! following a symbolic link.
 
+use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{fchmod, fstat, openat, statat, AtFlags, Dir, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -31,13 +33,17 @@ pub(crate) fn list(dir: &crate::atomic::Dir) -> Result<Vec<(String, FileType)>> 
             continue;
         }
         // Names we did not make may be any bytes; ours are UTF-8.
-        let Ok(name) = std::str::from_utf8(raw) else { continue };
+        let Ok(name) = std::str::from_utf8(raw) else {
+            continue;
+        };
         let kind = match entry.file_type() {
-            FileType::Unknown => match statat(dir.as_fd(), entry.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => FileType::from_raw_mode(st.st_mode),
-                Err(Errno::NOENT) => continue,
-                Err(e) => return Err(e).at(Op::Stat, || dir.join(name)),
-            },
+            FileType::Unknown => {
+                match statat(dir.as_fd(), entry.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => FileType::from_raw_mode(st.st_mode),
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(e).at(Op::Stat, || dir.join(name)),
+                }
+            }
             t => t,
         };
         out.push((name.to_owned(), kind));
@@ -50,48 +56,57 @@ pub(crate) fn occupied(st: &rustix::fs::Stat) -> u64 {
     (st.st_blocks as u64).saturating_mul(512)
 }
 
-/// The space a tree occupies: `st_blocks * 512` summed over the directory
-/// `dir` itself and everything below it, links counted as links.
-pub(crate) fn measure(dir: BorrowedFd<'_>, path: &Path) -> Result<u64> {
-    let own = fstat(dir).at(Op::Stat, || path.to_owned())?;
-    Ok(occupied(&own) + measure_below(dir, path)?)
+/// A child's path, for messages.
+fn child_path(path: &Path, name: &CStr) -> PathBuf {
+    path.join(OsStr::from_bytes(name.to_bytes()))
 }
 
-fn measure_below(dir: BorrowedFd<'_>, path: &Path) -> Result<u64> {
-    let mut total = 0u64;
-    let entries = Dir::read_from(dir).at(Op::ReadDir, || path.to_owned())?;
-    for entry in entries {
+fn is_dot(name: &CStr) -> bool {
+    matches!(name.to_bytes(), b"." | b"..")
+}
+
+/// Open the directory `name` in `parent` for listing, refusing a link.
+fn open_child_dir(parent: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> {
+    openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// The space a tree occupies: `st_blocks * 512` summed over the directory
+/// `dir` itself and everything below it, links counted as links. Takes the
+/// descriptor so that listing it needs no second open.
+pub(crate) fn measure(dir: OwnedFd, path: &Path) -> Result<u64> {
+    let own = fstat(&dir).at(Op::Stat, || path.to_owned())?;
+    let mut total = occupied(&own);
+    let mut entries = Dir::new(dir).at(Op::ReadDir, || path.to_owned())?;
+    while let Some(entry) = entries.next() {
         let entry = entry.at(Op::ReadDir, || path.to_owned())?;
-        let name = entry.file_name().to_bytes();
-        if name == b"." || name == b".." {
+        let name = entry.file_name();
+        if is_dot(name) {
             continue;
         }
-        let name = entry.file_name();
-        let child = || {
-            path.join(std::ffi::OsStr::new(
-                &String::from_utf8_lossy(name.to_bytes()).into_owned(),
-            ))
-        };
-        if entry.file_type() == FileType::Directory {
-            let sub = openat(
-                dir,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .at(Op::Open, child)?;
-            total = total.saturating_add(measure(sub.as_fd(), &child())?);
-        } else {
-            let st = statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).at(Op::Stat, child)?;
-            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                // The file system gave no type in the listing.
-                let sub =
-                    open_dir(dir, &String::from_utf8_lossy(name.to_bytes())).at(Op::Open, child)?;
-                total = total.saturating_add(measure(sub.as_fd(), &child())?);
-            } else {
-                total = total.saturating_add(occupied(&st));
+        let fd = entries.fd().at(Op::ReadDir, || path.to_owned())?;
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => {
+                let st = statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .at(Op::Stat, || child_path(path, name))?;
+                FileType::from_raw_mode(st.st_mode) == FileType::Directory
             }
-        }
+            _ => false,
+        };
+        let size = if is_dir {
+            let sub = open_child_dir(fd, name).at(Op::Open, || child_path(path, name))?;
+            measure(sub, &child_path(path, name))?
+        } else {
+            let st = statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                .at(Op::Stat, || child_path(path, name))?;
+            occupied(&st)
+        };
+        total = total.saturating_add(size);
     }
     Ok(total)
 }
@@ -99,78 +114,59 @@ fn measure_below(dir: BorrowedFd<'_>, path: &Path) -> Result<u64> {
 /// Remove everything in `dir` except the entry named `keep`. Entries that
 /// vanish meanwhile (a racing cleaner) are fine.
 pub(crate) fn remove_contents(dir: BorrowedFd<'_>, path: &Path, keep: Option<&str>) -> Result<()> {
-    // Listing while unlinking can skip entries on some file systems; a
-    // second pass finds none left in the common case.
-    for _ in 0..2 {
-        let mut removed_any = false;
-        let entries = match Dir::read_from(dir) {
-            Ok(d) => d,
-            Err(Errno::NOENT) => return Ok(()),
-            Err(e) => return Err(e).at(Op::ReadDir, || path.to_owned()),
-        };
-        for entry in entries {
-            let entry = entry.at(Op::ReadDir, || path.to_owned())?;
-            let raw = entry.file_name().to_bytes();
-            if raw == b"." || raw == b".." {
-                continue;
-            }
-            let name = String::from_utf8_lossy(raw).into_owned();
-            if keep == Some(name.as_str()) {
-                continue;
-            }
-            let is_dir = match entry.file_type() {
-                FileType::Directory => true,
-                FileType::Unknown => matches!(
-                    statat(dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW),
-                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory
-                ),
-                _ => false,
-            };
-            remove_child(dir, entry.file_name(), &name, is_dir, path)?;
-            removed_any = true;
+    let listing = match Dir::read_from(dir) {
+        Ok(listing) => listing,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e).at(Op::ReadDir, || path.to_owned()),
+    };
+    remove_listed(listing, path, keep)
+}
+
+/// Remove what `listing` lists: one pass, since entries we have not
+/// touched are still listed after unlinks.
+fn remove_listed(mut listing: Dir, path: &Path, keep: Option<&str>) -> Result<()> {
+    while let Some(entry) = listing.next() {
+        let entry = entry.at(Op::ReadDir, || path.to_owned())?;
+        let dir = listing.fd().at(Op::ReadDir, || path.to_owned())?;
+        let name = entry.file_name();
+        if is_dot(name) || keep.is_some_and(|k| k.as_bytes() == name.to_bytes()) {
+            continue;
         }
-        if !removed_any {
-            break;
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => matches!(
+                statat(dir, name, AtFlags::SYMLINK_NOFOLLOW),
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory
+            ),
+            _ => false,
+        };
+        if is_dir {
+            match open_child_dir(dir, name) {
+                Ok(sub) => {
+                    let sub_path = child_path(path, name);
+                    let listing = Dir::new(sub).at(Op::ReadDir, || sub_path.clone())?;
+                    remove_listed(listing, &sub_path, None)?;
+                }
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e).at(Op::Open, || child_path(path, name)),
+            }
+        }
+        let (flags, op) = if is_dir {
+            (AtFlags::REMOVEDIR, Op::RemoveDir)
+        } else {
+            (AtFlags::empty(), Op::Unlink)
+        };
+        match unlink_writable(dir, name, flags) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(e).at(op, || child_path(path, name)),
         }
     }
     Ok(())
 }
 
-/// Remove one child, a directory tree or anything else.
-fn remove_child(
-    dir: BorrowedFd<'_>,
-    raw: &std::ffi::CStr,
-    name: &str,
-    is_dir: bool,
-    path: &Path,
-) -> Result<()> {
-    let child = || path.join(name);
-    if is_dir {
-        match open_dir(dir, name) {
-            Ok(sub) => remove_contents(sub.as_fd(), &child(), None)?,
-            Err(Errno::NOENT) => return Ok(()),
-            Err(e) => return Err(e).at(Op::Open, child),
-        }
-    }
-    let flags = if is_dir {
-        AtFlags::REMOVEDIR
-    } else {
-        AtFlags::empty()
-    };
-    let op = if is_dir { Op::RemoveDir } else { Op::Unlink };
-    match unlink_writable(dir, raw, flags) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(e).at(op, child),
-    }
-}
-
 /// `unlinkat`, making `dir` writable first if that is all that stops it (a
 /// read-only directory inside a stored tree).
-fn unlink_writable(
-    dir: BorrowedFd<'_>,
-    name: &std::ffi::CStr,
-    flags: AtFlags,
-) -> rustix::io::Result<()> {
+fn unlink_writable(dir: BorrowedFd<'_>, name: &CStr, flags: AtFlags) -> rustix::io::Result<()> {
     match rustix::fs::unlinkat(dir, name, flags) {
         Err(Errno::ACCESS) | Err(Errno::PERM) => {
             let mode = fstat(dir)?.st_mode;
@@ -207,7 +203,7 @@ mod tests {
         let sparse = std::fs::File::create(t.path().join("sparse")).unwrap();
         sparse.set_len(1 << 30).unwrap();
         let fd = root(&t);
-        let got = measure(fd.as_fd(), t.path()).unwrap();
+        let got = measure(fd, t.path()).unwrap();
         let du = |p: &Path| {
             use std::os::unix::fs::MetadataExt;
             std::fs::symlink_metadata(p).unwrap().blocks() * 512

@@ -51,7 +51,10 @@ mod payload {
     }
 
     fn hash(bytes: &[u8]) -> String {
-        Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Fill `dir` with a payload of `len` bytes.
@@ -63,10 +66,12 @@ mod payload {
 
     /// Check the payload in `dir`; `Err` says how it is torn.
     pub fn verify(dir: &Path) -> Result<(), String> {
-        let digest = std::fs::read_to_string(dir.join("digest")).map_err(|e| format!("digest: {e}"))?;
+        let digest =
+            std::fs::read_to_string(dir.join("digest")).map_err(|e| format!("digest: {e}"))?;
         let body = std::fs::read(dir.join("payload")).map_err(|e| format!("payload: {e}"))?;
         let mut parts = digest.split(' ');
-        let (Some(nonce), Some(len), Some(want)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(nonce), Some(len), Some(want)) = (parts.next(), parts.next(), parts.next())
+        else {
             return Err(format!("digest malformed: {digest:?}"));
         };
         let (nonce, len): (u64, usize) = match (nonce.parse(), len.parse()) {
@@ -152,7 +157,8 @@ impl Worker {
                 "ok".into()
             }
             ["max", bytes] => {
-                self.cache.set_maximum_size(MaxSize::Bytes(bytes.parse().unwrap_or(0)))?;
+                self.cache
+                    .set_maximum_size(MaxSize::Bytes(bytes.parse().unwrap_or(0)))?;
                 "ok".into()
             }
             ["evict", name] => match self.cache.evict(name)? {
@@ -162,7 +168,10 @@ impl Worker {
             },
             ["sweep"] => {
                 let r = self.cache.sweep_orphans()?;
-                format!("swept {} {} {}", r.orphan_dirs, r.orphan_files, r.bytes_given_back)
+                format!(
+                    "swept {} {} {}",
+                    r.orphan_dirs, r.orphan_files, r.bytes_given_back
+                )
             }
             ["resync"] => {
                 let r = self.cache.resync()?;
@@ -212,7 +221,13 @@ impl Worker {
     /// `ops` random operations over `names` names; checks every hit and
     /// that `cache.size` never passes `max`. Answers with counters, or
     /// `violation ...` at the first broken invariant.
-    fn random_ops(&mut self, seed: u64, ops: u64, names: u64, max: u64) -> Result<String, Box<dyn std::error::Error + '_>> {
+    fn random_ops(
+        &mut self,
+        seed: u64,
+        ops: u64,
+        names: u64,
+        max: u64,
+    ) -> Result<String, Box<dyn std::error::Error + '_>> {
         let cache = self.cache;
         let mut rng = Rng(seed | 1);
         let mut n = [0u64; 6]; // stored, taken, refused, hits, misses, other

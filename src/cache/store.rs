@@ -214,8 +214,7 @@ impl<'c> StoreGuard<'c> {
             .as_ref()
             .expect("a guard holds its entry until it is consumed");
         let data = tree::open_dir(entry.dir().as_fd(), DATA).at(Op::Open, || self.data.clone())?;
-        let size = tree::measure(data.as_fd(), &self.data)?;
-        drop(data);
+        let size = tree::measure(data, &self.data)?;
         crate::failpoint!("commit-after-measure");
         let info = cache.info();
         let max = info.effective_maximum();

@@ -148,7 +148,11 @@ impl FsCache {
         Ok(report)
     }
 
-    fn tally(&self, report: &mut ClearReport, batch: Vec<crate::maint::victim::Victim>) -> Result<()> {
+    fn tally(
+        &self,
+        report: &mut ClearReport,
+        batch: Vec<crate::maint::victim::Victim>,
+    ) -> Result<()> {
         for (_, size) in self.remove_victims(batch)? {
             report.removed += 1;
             report.freed += size;
@@ -184,12 +188,17 @@ impl FsCache {
         } else {
             report.sweep = self.sweep_orphans()?;
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let cutoff = options.max_age.map(|age| now.saturating_sub(age));
         let mut accounted = self.accounted_size().unwrap_or(0);
         let mut batch = Vec::new();
         for c in self.lru_candidates()? {
-            let last = Duration::new(c.last_use.0.max(0) as u64, c.last_use.1.clamp(0, 999_999_999) as u32);
+            let last = Duration::new(
+                c.last_use.0.max(0) as u64,
+                c.last_use.1.clamp(0, 999_999_999) as u32,
+            );
             let reason = match (cutoff, options.max_size) {
                 (Some(cut), _) if last < cut => Reason::Age,
                 (_, Some(max)) if accounted > max => Reason::Size,
@@ -198,7 +207,9 @@ impl FsCache {
             if options.dry_run {
                 if is_live(self.objects(), &c.name, true)? {
                     report.in_use += 1;
-                } else if let Some(oi) = crate::maint::stats::read_object_info(self.objects(), &c.name)? {
+                } else if let Some(oi) =
+                    crate::maint::stats::read_object_info(self.objects(), &c.name)?
+                {
                     accounted = accounted.saturating_sub(oi.size);
                     report.freed += oi.size;
                     report.removed.push(Removed {
@@ -225,7 +236,11 @@ impl FsCache {
         Ok(report)
     }
 
-    fn remove_reasoned(&self, report: &mut GcReport, batch: Vec<(crate::maint::victim::Victim, Reason)>) -> Result<()> {
+    fn remove_reasoned(
+        &self,
+        report: &mut GcReport,
+        batch: Vec<(crate::maint::victim::Victim, Reason)>,
+    ) -> Result<()> {
         let (victims, reasons): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         for ((name, size), reason) in self.remove_victims(victims)?.into_iter().zip(reasons) {
             report.freed += size;
@@ -239,7 +254,10 @@ impl FsCache {
         for dir in [self.objects(), self.stage_dir()] {
             for (name, kind) in crate::tree::list(dir)? {
                 let is_dir = kind == rustix::fs::FileType::Directory;
-                if name.starts_with("uuid-") && (is_dir || kind == rustix::fs::FileType::RegularFile) && !is_live(dir, &name, is_dir)? {
+                if name.starts_with("uuid-")
+                    && (is_dir || kind == rustix::fs::FileType::RegularFile)
+                    && !is_live(dir, &name, is_dir)?
+                {
                     n += 1;
                 }
             }

@@ -77,7 +77,11 @@ fn to_time(sec: i64, nsec: i64) -> SystemTime {
 /// Whether the anonymous entry or file `name` in `dir` is held by a live
 /// owner, asked with `F_OFD_GETLK` so that looking takes no lock.
 pub(crate) fn is_live(dir: &Dir, name: &str, is_dir: bool) -> Result<bool> {
-    let rel = if is_dir { format!("{name}/{LOCK_FILE}") } else { name.to_owned() };
+    let rel = if is_dir {
+        format!("{name}/{LOCK_FILE}")
+    } else {
+        name.to_owned()
+    };
     match open_beneath(dir.as_fd(), &rel, OFlags::RDONLY, Mode::empty()) {
         Ok(fd) => Ok(conflicting(&fd, LockKind::Exclusive, &dir.join(&rel))?.is_some()),
         Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => Ok(false),
@@ -158,7 +162,11 @@ impl FsCache {
                     s.entries_from_previous_boot += 1;
                 }
                 let lock_rel = format!("{name}/{LOCK_FILE}");
-                if let Ok(st) = statat(objects.as_fd(), lock_rel.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                if let Ok(st) = statat(
+                    objects.as_fd(),
+                    lock_rel.as_str(),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                ) {
                     let used = to_time(st.st_atime, st.st_atime_nsec as i64);
                     s.oldest_use = Some(s.oldest_use.map_or(used, |o| o.min(used)));
                     s.newest_use = Some(s.newest_use.map_or(used, |n| n.max(used)));
@@ -170,7 +178,7 @@ impl FsCache {
                     OFlags::RDONLY | OFlags::DIRECTORY,
                     Mode::empty(),
                 ) {
-                    s.measured_bytes += tree::measure(data.as_fd(), &objects.join(&data_rel)).unwrap_or(0);
+                    s.measured_bytes += tree::measure(data, &objects.join(&data_rel)).unwrap_or(0);
                 }
             }
         }

@@ -92,9 +92,7 @@ impl FsCache {
                         }
                     }
                     FileType::Directory if accounted => {
-                        if self.reap_invalid(&name)? {
-                            report.invalid_entries += 1;
-                        }
+                        report.invalid_entries += u64::from(self.reap_invalid(&name)?);
                     }
                     // Links, devices and foreign files: not ours to judge.
                     _ => {}
@@ -114,7 +112,9 @@ impl FsCache {
             match dir.lock(&rel, LockKind::Exclusive, Wait::Never) {
                 Ok(lock) => break lock,
                 Err(Error::WouldBlock { .. }) => return Ok(Reaped::Live),
-                Err(e) if e.errno() == Some(Errno::NOENT.raw_os_error()) && tries <= ADOPT_TRIES => {
+                Err(e)
+                    if e.errno() == Some(Errno::NOENT.raw_os_error()) && tries <= ADOPT_TRIES =>
+                {
                     // No lock file: a crash, or a creator between mkdir and
                     // link. Claim it with a lock of our own.
                     let entry = match dir.open_dir(name) {
@@ -150,7 +150,9 @@ impl FsCache {
     /// has one, and give its size back. Returns the bytes given back.
     pub(crate) fn give_back_info(&self, entry: &Dir) -> Result<u64> {
         let size = match open_beneath(entry.as_fd(), OBJECT_INFO, OFlags::RDONLY, Mode::empty()) {
-            Ok(fd) => ObjectInfo::parse(&read_all(&fd, &entry.join(OBJECT_INFO))?).map_or(0, |i| i.size),
+            Ok(fd) => {
+                ObjectInfo::parse(&read_all(&fd, &entry.join(OBJECT_INFO))?).map_or(0, |i| i.size)
+            }
             Err(Errno::NOENT) => return Ok(0),
             Err(e) => return Err(e).at(Op::Open, || entry.join(OBJECT_INFO)),
         };

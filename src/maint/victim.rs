@@ -62,7 +62,11 @@ impl FsCache {
                 Err(e) => return Err(e).at(Op::Stat, || objects.join(&rel)),
             }
         }
-        out.sort_by(|a, b| a.last_use.cmp(&b.last_use).then_with(|| a.name.cmp(&b.name)));
+        out.sort_by(|a, b| {
+            a.last_use
+                .cmp(&b.last_use)
+                .then_with(|| a.name.cmp(&b.name))
+        });
         Ok(out)
     }
 
@@ -71,7 +75,16 @@ impl FsCache {
     pub(crate) fn lock_victim(&self, name: &str, seen: Option<LastUse>) -> Result<Option<Victim>> {
         let objects = self.objects();
         let rel = format!("{name}/{LOCK_FILE}");
-        let open = |extra| FileLock::open_at(objects.as_fd(), &rel, LockKind::Exclusive, Wait::Never, extra, || objects.join(&rel));
+        let open = |extra| {
+            FileLock::open_at(
+                objects.as_fd(),
+                &rel,
+                LockKind::Exclusive,
+                Wait::Never,
+                extra,
+                || objects.join(&rel),
+            )
+        };
         // O_NOATIME keeps the look from counting as a use; only the owner
         // of the file may ask for it.
         let lock = match open(OFlags::NOATIME) {
