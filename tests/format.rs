@@ -27,7 +27,11 @@ fn osbuild_tree(root: &Path, boot_id: &str) {
     .unwrap();
     std::fs::write(root.join("cache.lock"), "").unwrap();
     std::fs::write(root.join("cache.size"), "12288").unwrap();
-    std::fs::write(root.join("objects/built/data/sub/file"), "osbuild wrote this").unwrap();
+    std::fs::write(
+        root.join("objects/built/data/sub/file"),
+        "osbuild wrote this",
+    )
+    .unwrap();
     std::fs::write(root.join("objects/built/object.lock"), "").unwrap();
     std::fs::write(
         root.join("objects/built/object.info"),
@@ -49,9 +53,15 @@ fn a_cache_laid_out_by_osbuild_is_opened_and_read() -> TestResult {
     assert_eq!(info.creation_boot_id.as_deref(), Some(boot));
     assert_eq!(cache.accounted_size()?, 12288);
     let hit = cache.load("built")?.expect("osbuild's entry is a hit");
-    assert_eq!(std::fs::read_to_string(hit.path().join("sub/file"))?, "osbuild wrote this");
+    assert_eq!(
+        std::fs::read_to_string(hit.path().join("sub/file"))?,
+        "osbuild wrote this"
+    );
     let oi = hit.info()?;
-    assert_eq!((oi.size, oi.creation_boot_id.as_deref()), (12288, Some(boot)));
+    assert_eq!(
+        (oi.size, oi.creation_boot_id.as_deref()),
+        (12288, Some(boot))
+    );
     drop(hit);
     // Our update keeps osbuild's keys, known and unknown.
     cache.set_maximum_size(MaxSize::Unlimited)?;
@@ -68,7 +78,17 @@ fn a_cache_we_create_has_the_layout_and_json_of_the_format() -> TestResult {
     let t = tempfile::tempdir()?;
     let root = t.path().join("c");
     let cache = FsCache::open("fscache-tests", &root)?;
-    assert_eq!(names(&root), ["CACHEDIR.TAG", "cache.info", "cache.lock", "cache.size", "objects", "stage"]);
+    assert_eq!(
+        names(&root),
+        [
+            "CACHEDIR.TAG",
+            "cache.info",
+            "cache.lock",
+            "cache.size",
+            "objects",
+            "stage"
+        ]
+    );
     let tag = std::fs::read_to_string(root.join("CACHEDIR.TAG"))?;
     assert!(tag.starts_with("Signature: 8a477f597d28d172789f06886806bc55\n"));
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("cache.info"))?)?;
@@ -78,21 +98,38 @@ fn a_cache_we_create_has_the_layout_and_json_of_the_format() -> TestResult {
     // A new cache has maximum 0: it stores nothing.
     let e = cache.store("x")?;
     std::fs::write(e.path().join("f"), "1").unwrap();
-    assert!(matches!(e.commit().map_err(fscache::Error::from)?, Commit::TooLarge { .. }));
+    assert!(matches!(
+        e.commit().map_err(fscache::Error::from)?,
+        Commit::TooLarge { .. }
+    ));
     assert!(names(&root.join("objects")).is_empty());
 
     cache.set_maximum_size(MaxSize::Unlimited)?;
     let e = cache.store("x")?;
     std::fs::write(e.path().join("f"), "1").unwrap();
-    let Commit::Stored { size } = e.commit().map_err(fscache::Error::from)? else { panic!("not stored") };
-    assert_eq!(names(&root.join("objects/x")), ["data", "object.info", "object.lock"]);
-    let oi: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("objects/x/object.info"))?)?;
+    let Commit::Stored { size } = e.commit().map_err(fscache::Error::from)? else {
+        panic!("not stored")
+    };
+    assert_eq!(
+        names(&root.join("objects/x")),
+        ["data", "object.info", "object.lock"]
+    );
+    let oi: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("objects/x/object.info"))?)?;
     let boot = oi["creation-boot-id"].as_str().expect("boot id string");
-    assert!(boot.len() == 32 && boot.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(
+        boot.len() == 32
+            && boot
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
     assert_eq!(boot, cache.boot_id());
     assert_eq!(oi["size"].as_u64(), Some(size));
     assert_eq!(size_file(&root), size);
-    assert_eq!(std::fs::metadata(root.join("objects/x/object.lock"))?.len(), 0);
+    assert_eq!(
+        std::fs::metadata(root.join("objects/x/object.lock"))?.len(),
+        0
+    );
     Ok(())
 }
 
@@ -110,18 +147,31 @@ fn the_boot_id_matches_an_independent_computation_of_the_format_algorithm() {
     // The same algorithm run once in CPython (hmac, hashlib, uuid) for this
     // input, as osbuild's `proc_boot_id` would:
     assert_eq!(want, "49152f26745c40c0803821401b5e2d6d");
-    assert_ne!(fscache::app_boot_id("other-app", kernel), want, "the app id must matter");
+    assert_ne!(
+        fscache::app_boot_id("other-app", kernel),
+        want,
+        "the app id must matter"
+    );
 }
 
 #[test]
 fn an_unsupported_version_degrades_store_to_staging_and_load_to_a_miss() -> TestResult {
     let (_t, root) = new_cache(MaxSize::Unlimited);
-    std::fs::write(root.join("cache.info"), r#"{"version": 2, "maximum-size": "unlimited"}"#)?;
+    std::fs::write(
+        root.join("cache.info"),
+        r#"{"version": 2, "maximum-size": "unlimited"}"#,
+    )?;
     let cache = FsCache::open("fscache-tests", &root)?;
     let e = cache.store("x")?;
-    assert!(e.path().starts_with(root.join("stage")), "degraded store lives in stage/");
+    assert!(
+        e.path().starts_with(root.join("stage")),
+        "degraded store lives in stage/"
+    );
     std::fs::write(e.path().join("f"), "1").unwrap();
-    assert_eq!(e.commit().map_err(fscache::Error::from)?, Commit::Unsupported);
+    assert_eq!(
+        e.commit().map_err(fscache::Error::from)?,
+        Commit::Unsupported
+    );
     assert!(names(&root.join("objects")).is_empty() && names(&root.join("stage")).is_empty());
     assert!(cache.load("x")?.is_none());
     let s = cache.stage()?;
@@ -136,10 +186,21 @@ fn an_unsupported_version_degrades_store_to_staging_and_load_to_a_miss() -> Test
 fn hostile_names_are_refused_and_touch_nothing() -> TestResult {
     let (_t, root) = new_cache(MaxSize::Unlimited);
     let cache = FsCache::open("fscache-tests", &root)?;
-    for name in ["", ".", "..", "../escape", "a/b", "uuid-0123456789abcdef0123456789abcdef", "nul\0byte"] {
+    for name in [
+        "",
+        ".",
+        "..",
+        "../escape",
+        "a/b",
+        "uuid-0123456789abcdef0123456789abcdef",
+        "nul\0byte",
+    ] {
         let e = cache.store(name).unwrap_err();
         assert_eq!(e.kind(), fscache::ErrorKind::InvalidName, "{name:?}");
-        assert_eq!(cache.load(name).unwrap_err().kind(), fscache::ErrorKind::InvalidName);
+        assert_eq!(
+            cache.load(name).unwrap_err().kind(),
+            fscache::ErrorKind::InvalidName
+        );
     }
     assert!(names(&root.join("objects")).is_empty());
     Ok(())
@@ -155,10 +216,19 @@ fn a_symlink_planted_as_an_entry_is_a_miss_and_is_never_followed() -> TestResult
     std::fs::write(outside.join("object.lock"), "")?;
     std::fs::write(outside.join("object.info"), r#"{"size": 1}"#)?;
     std::os::unix::fs::symlink(&outside, root.join("objects/evil"))?;
-    assert!(cache.load("evil")?.is_none(), "a link must not be loaded through");
+    assert!(
+        cache.load("evil")?.is_none(),
+        "a link must not be loaded through"
+    );
     let e = cache.store("evil")?;
-    assert_eq!(e.commit().map_err(fscache::Error::from)?, Commit::NameTaken, "a link holds the name but is not followed");
+    assert_eq!(
+        e.commit().map_err(fscache::Error::from)?,
+        Commit::NameTaken,
+        "a link holds the name but is not followed"
+    );
     assert!(outside.join("object.lock").exists() && outside.join("data").exists());
-    assert!(std::fs::symlink_metadata(root.join("objects/evil"))?.file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(root.join("objects/evil"))?
+        .file_type()
+        .is_symlink());
     Ok(())
 }

@@ -19,13 +19,27 @@ fn put(cache: &FsCache, name: &str, bytes: usize) -> fscache::Result<Commit> {
 
 /// Set an entry's last use to `secs` after the epoch.
 fn set_last_use(cache: &Path, name: &str, secs: i64) {
-    let f = std::fs::File::open(cache.join("objects").join(name).join("object.lock")).expect("open lock");
-    let t = Timespec { tv_sec: secs, tv_nsec: 0 };
-    rustix::fs::futimens(f.as_fd(), &Timestamps { last_access: t, last_modification: t }).expect("futimens");
+    let f = std::fs::File::open(cache.join("objects").join(name).join("object.lock"))
+        .expect("open lock");
+    let t = Timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    rustix::fs::futimens(
+        f.as_fd(),
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+    )
+    .expect("futimens");
 }
 
 fn entries(cache: &Path) -> Vec<String> {
-    names(&cache.join("objects")).into_iter().filter(|n| !n.starts_with("uuid-")).collect()
+    names(&cache.join("objects"))
+        .into_iter()
+        .filter(|n| !n.starts_with("uuid-"))
+        .collect()
 }
 
 #[test]
@@ -43,11 +57,23 @@ fn recently_loaded_entries_survive_an_eviction_round_and_old_ones_go() -> TestRe
     // One more entry does not fit: eviction frees down to 90% with it in.
     assert!(put(&cache, "new", 8000)?.is_stored());
     let left = entries(&root);
-    assert!(left.contains(&"e0".to_string()), "the recently loaded entry must survive: {left:?}");
+    assert!(
+        left.contains(&"e0".to_string()),
+        "the recently loaded entry must survive: {left:?}"
+    );
     assert!(left.contains(&"new".to_string()));
-    assert!(!left.contains(&"e1".to_string()) && !left.contains(&"e2".to_string()), "the oldest go first: {left:?}");
-    assert!(left.contains(&"e9".to_string()), "only as many as needed go: {left:?}");
-    assert!(cache.accounted_size()? <= each * 9, "evicted down to the low watermark");
+    assert!(
+        !left.contains(&"e1".to_string()) && !left.contains(&"e2".to_string()),
+        "the oldest go first: {left:?}"
+    );
+    assert!(
+        left.contains(&"e9".to_string()),
+        "only as many as needed go: {left:?}"
+    );
+    assert!(
+        cache.accounted_size()? <= each * 9,
+        "evicted down to the low watermark"
+    );
     assert_exact(&root);
     Ok(())
 }
@@ -64,7 +90,10 @@ fn a_full_cache_evicts_to_the_low_watermark_so_the_next_stores_need_no_scan() ->
     cache.set_maximum_size(MaxSize::Bytes(each * 20))?;
     assert!(put(&cache, "n0", 4000)?.is_stored());
     let after_round = entries(&root).len();
-    assert_eq!(after_round, 18, "one round evicts three to land at 90% with the new entry");
+    assert_eq!(
+        after_round, 18,
+        "one round evicts three to land at 90% with the new entry"
+    );
     // The headroom takes the next stores without evicting anything.
     assert!(put(&cache, "n1", 4000)?.is_stored());
     assert!(put(&cache, "n2", 4000)?.is_stored());
@@ -85,12 +114,18 @@ fn a_reader_in_another_process_keeps_its_entry_through_gc_evict_and_clear() -> T
     assert!(holder.ask("load held2").starts_with("hit"));
 
     assert_eq!(cache.evict("held2")?, Eviction::InUse);
-    let gc = cache.gc(&GcOptions { max_size: Some(0), ..GcOptions::default() })?;
+    let gc = cache.gc(&GcOptions {
+        max_size: Some(0),
+        ..GcOptions::default()
+    })?;
     assert_eq!(gc.in_use, 1, "{gc:?}");
     let cleared = cache.clear()?;
     assert_eq!(cleared.in_use, 1, "{cleared:?}");
     assert_eq!(entries(&root), vec!["held2"], "only the held entry is left");
-    assert!(holder.ask("load held2").starts_with("hit "), "and it is whole");
+    assert!(
+        holder.ask("load held2").starts_with("hit "),
+        "and it is whole"
+    );
     assert_exact(&root);
     holder.ask("release");
     assert!(matches!(cache.evict("held2")?, Eviction::Removed { .. }));
@@ -112,16 +147,34 @@ fn orphans_of_killed_processes_are_swept_and_live_entries_are_not() -> TestResul
     assert!(live.ask("stage").starts_with("staged"));
     // A directory left between mkdir and the lock link, and a temporary.
     std::fs::create_dir(root.join("objects/uuid-0123456789abcdef0123456789abcdef"))?;
-    std::fs::write(root.join("objects/uuid-fedcba9876543210fedcba9876543210"), "tmp")?;
+    std::fs::write(
+        root.join("objects/uuid-fedcba9876543210fedcba9876543210"),
+        "tmp",
+    )?;
 
     let cache = FsCache::open("fscache-tests", &root)?;
     let stats = cache.stats()?;
     assert_eq!((stats.orphans, stats.live_anonymous), (8, 2), "{stats:?}");
     let report = cache.sweep_orphans()?;
-    assert_eq!((report.orphan_dirs, report.orphan_files, report.live), (7, 1, 2), "{report:?}");
-    assert_eq!(names(&root.join("objects")).len(), 1, "only the live store is left");
-    assert_eq!(names(&root.join("stage")).len(), 1, "only the live stage is left");
-    assert!(live.ask("commit").starts_with("stored"), "the live store was not disturbed");
+    assert_eq!(
+        (report.orphan_dirs, report.orphan_files, report.live),
+        (7, 1, 2),
+        "{report:?}"
+    );
+    assert_eq!(
+        names(&root.join("objects")).len(),
+        1,
+        "only the live store is left"
+    );
+    assert_eq!(
+        names(&root.join("stage")).len(),
+        1,
+        "only the live stage is left"
+    );
+    assert!(
+        live.ask("commit").starts_with("stored"),
+        "the live store was not disturbed"
+    );
     assert_exact(&root);
     Ok(())
 }
@@ -162,7 +215,12 @@ fn concurrent_loaders_storers_and_collectors_keep_every_invariant() -> TestResul
     let cache = FsCache::open("fscache-tests", &root)?;
     let report = cache.sweep_orphans()?;
     assert_eq!(report.live, 0);
-    assert!(names(&root.join("objects")).iter().all(|n| !n.starts_with("uuid-")), "no orphan after a sweep");
+    assert!(
+        names(&root.join("objects"))
+            .iter()
+            .all(|n| !n.starts_with("uuid-")),
+        "no orphan after a sweep"
+    );
     assert!(names(&root.join("stage")).is_empty());
     assert_exact(&root);
     Ok(())
@@ -183,7 +241,10 @@ fn a_crash_between_accounting_and_the_rename_is_repaired_by_resync() -> TestResu
     std::fs::write(root.join("cache.size"), (kept + 4096).to_string())?;
     assert_exact(&root);
     let r = cache.resync()?;
-    assert_eq!((r.sweep.orphan_dirs, r.sweep.bytes_given_back, r.after), (1, 4096, kept));
+    assert_eq!(
+        (r.sweep.orphan_dirs, r.sweep.bytes_given_back, r.after),
+        (1, 4096, kept)
+    );
     assert_exact(&root);
     Ok(())
 }

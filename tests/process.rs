@@ -13,9 +13,16 @@ fn an_uncommitted_entry_is_invisible_to_readers() -> TestResult {
     let mut writer = Worker::spawn(&cache);
     let mut reader = Worker::spawn(&cache);
     writer.expect_store("e", 5000);
-    assert_eq!(reader.ask("load e"), "miss", "an entry being filled must not be visible");
+    assert_eq!(
+        reader.ask("load e"),
+        "miss",
+        "an entry being filled must not be visible"
+    );
     assert!(writer.ask("commit").starts_with("stored "));
-    assert!(reader.ask("load e").starts_with("hit "), "a committed entry must be visible");
+    assert!(
+        reader.ask("load e").starts_with("hit "),
+        "a committed entry must be visible"
+    );
     Ok(())
 }
 
@@ -33,11 +40,21 @@ fn two_processes_committing_one_name_store_exactly_one_and_leave_nothing_else() 
         let mut outcomes = [a.next_line(), b.next_line()];
         outcomes.sort();
         assert_eq!(outcomes[0], "name-taken", "round {round}: {outcomes:?}");
-        assert!(outcomes[1].starts_with("stored "), "round {round}: {outcomes:?}");
-        assert_eq!(names(&cache.join("objects")), vec!["same"], "the loser must leave nothing");
+        assert!(
+            outcomes[1].starts_with("stored "),
+            "round {round}: {outcomes:?}"
+        );
+        assert_eq!(
+            names(&cache.join("objects")),
+            vec!["same"],
+            "the loser must leave nothing"
+        );
         assert_exact(&cache);
         let mut r = Worker::spawn(&cache);
-        assert!(r.ask("load same").starts_with("hit "), "the winner is whole");
+        assert!(
+            r.ask("load same").starts_with("hit "),
+            "the winner is whole"
+        );
     }
     Ok(())
 }
@@ -54,7 +71,10 @@ fn a_reader_in_another_process_makes_a_write_lock_fail_without_waiting() -> Test
     assert!(matches!(err, fscache::Error::WouldBlock { .. }), "{err:?}");
     drop(FileLock::open(&lock, LockKind::Shared, Wait::Never).expect("readers share"));
     assert_eq!(w.ask("release"), "released");
-    drop(FileLock::open(&lock, LockKind::Exclusive, Wait::Never).expect("free once the reader is done"));
+    drop(
+        FileLock::open(&lock, LockKind::Exclusive, Wait::Never)
+            .expect("free once the reader is done"),
+    );
     Ok(())
 }
 
@@ -93,9 +113,15 @@ fn a_process_killed_holding_a_store_guard_leaves_only_an_unlocked_anonymous_dir(
     assert!(!status.success());
     let left = names(&cache.join("objects"));
     assert_eq!(left.len(), 1, "{left:?}");
-    assert!(left[0].starts_with("uuid-") && left[0].len() == 37, "{left:?}");
+    assert!(
+        left[0].starts_with("uuid-") && left[0].len() == 37,
+        "{left:?}"
+    );
     let lock = cache.join("objects").join(&left[0]).join("object.lock");
-    drop(FileLock::open(&lock, LockKind::Exclusive, Wait::Never).expect("the dead process's lock is gone"));
+    drop(
+        FileLock::open(&lock, LockKind::Exclusive, Wait::Never)
+            .expect("the dead process's lock is gone"),
+    );
     assert_eq!(size_file(&cache), 0, "nothing was accounted");
     let mut r = Worker::spawn(&cache);
     assert_eq!(r.ask("load doomed"), "miss");
@@ -110,7 +136,10 @@ fn a_staging_dir_is_private_and_vanishes_with_its_guard() -> TestResult {
     let path = std::path::PathBuf::from(staged.strip_prefix("staged ").expect("staged"));
     assert!(path.is_dir() && path.starts_with(cache.join("stage")));
     let lock = path.parent().unwrap().join("object.lock");
-    assert!(FileLock::open(&lock, LockKind::Shared, Wait::Never).is_err(), "held by its owner");
+    assert!(
+        FileLock::open(&lock, LockKind::Shared, Wait::Never).is_err(),
+        "held by its owner"
+    );
     assert_eq!(w.ask("unstage"), "unstaged");
     assert!(names(&cache.join("stage")).is_empty());
     Ok(())

@@ -32,7 +32,10 @@ impl Worker {
     #[track_caller]
     pub fn spawn_with(dir: &Path, env: &[(&str, &str)]) -> Worker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fscache-worker"));
-        cmd.arg(dir).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -48,7 +51,11 @@ impl Worker {
                 }
             }
         });
-        let mut w = Worker { child, stdin, lines };
+        let mut w = Worker {
+            child,
+            stdin,
+            lines,
+        };
         w.expect("ready");
         w
     }
@@ -56,16 +63,22 @@ impl Worker {
     /// The next line the worker prints, waiting at most `STEP`.
     #[track_caller]
     pub fn next_line(&mut self) -> String {
-        self.lines
-            .recv_timeout(STEP)
-            .unwrap_or_else(|e| panic!("worker {} said nothing within {STEP:?}: {e}", self.child.id()))
+        self.lines.recv_timeout(STEP).unwrap_or_else(|e| {
+            panic!(
+                "worker {} said nothing within {STEP:?}: {e}",
+                self.child.id()
+            )
+        })
     }
 
     /// Wait for a line starting with `prefix` and return it.
     #[track_caller]
     pub fn expect(&mut self, prefix: &str) -> String {
         let line = self.next_line();
-        assert!(line.starts_with(prefix), "expected {prefix:?}, worker said {line:?}");
+        assert!(
+            line.starts_with(prefix),
+            "expected {prefix:?}, worker said {line:?}"
+        );
         line
     }
 
@@ -112,7 +125,10 @@ impl Drop for Worker {
 /// The names in `dir`, sorted.
 pub fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -133,7 +149,9 @@ pub fn info_sizes(cache: &Path) -> Vec<(String, u64)> {
 /// The integer in `cache.size`.
 pub fn size_file(cache: &Path) -> u64 {
     let raw = std::fs::read_to_string(cache.join("cache.size")).expect("read cache.size");
-    raw.trim().parse().unwrap_or_else(|_| panic!("cache.size is {raw:?}"))
+    raw.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("cache.size is {raw:?}"))
 }
 
 /// Assert the central invariant: `cache.size` is the sum of the sizes in
@@ -142,7 +160,11 @@ pub fn size_file(cache: &Path) -> u64 {
 pub fn assert_exact(cache: &Path) {
     let infos = info_sizes(cache);
     let sum: u64 = infos.iter().map(|(_, s)| s).sum();
-    assert_eq!(size_file(cache), sum, "cache.size vs object.info sizes {infos:?}");
+    assert_eq!(
+        size_file(cache),
+        sum,
+        "cache.size vs object.info sizes {infos:?}"
+    );
 }
 
 /// A fresh cache directory, opened once so that it is scaffolded, with the
