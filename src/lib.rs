@@ -109,6 +109,7 @@ pub mod lock;
 mod maint;
 mod name;
 mod size;
+pub mod stress;
 mod sync;
 mod tree;
 

@@ -203,7 +203,7 @@ fn concurrent_loaders_storers_and_collectors_keep_every_invariant() -> TestResul
     let (_t, root) = new_cache(MaxSize::Bytes(max));
     let mut workers: Vec<Worker> = (0..4).map(|_| Worker::spawn(&root)).collect();
     for (i, w) in workers.iter_mut().enumerate() {
-        w.send(&format!("run {} 300 12 {max}", 17 + i));
+        w.send(&format!("run {} 300 12", 17 + i));
     }
     for w in &mut workers {
         let out = w.next_line();

@@ -1,2 +1,0 @@
-//! The `fscache` command.
-fn main() {}
