@@ -96,6 +96,24 @@ impl Worker {
         self.next_line()
     }
 
+    /// Send a command; `None` if the worker dies instead of answering.
+    #[track_caller]
+    pub fn try_ask(&mut self, command: &str) -> Option<String> {
+        if writeln!(self.stdin, "{command}").and_then(|()| self.stdin.flush()).is_err() {
+            return None;
+        }
+        match self.lines.recv_timeout(STEP) {
+            Ok(line) => Some(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(e) => panic!("worker {} said nothing within {STEP:?}: {e}", self.child.id()),
+        }
+    }
+
+    /// Reap a worker that has exited (or is exiting) on its own.
+    pub fn reap(mut self) -> ExitStatus {
+        self.child.wait().expect("reap worker")
+    }
+
     /// `SIGKILL` the worker and reap it.
     pub fn kill(mut self) -> ExitStatus {
         let _ = self.child.kill();
