@@ -7,7 +7,7 @@
 use crate::sync::{AtomicU8, Ordering};
 
 /// What is known about one feature; `u8` so that it fits an atomic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub(crate) enum Support {
     /// Not tried yet: try it.
@@ -26,7 +26,14 @@ pub(crate) enum Support {
 pub(crate) struct Feature(AtomicU8);
 
 impl Feature {
+    #[cfg(not(loom))]
     pub(crate) const fn new() -> Self {
+        Feature(AtomicU8::new(Support::Unknown as u8))
+    }
+
+    /// loom's atomics cannot be built in a `const`.
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
         Feature(AtomicU8::new(Support::Unknown as u8))
     }
 
@@ -52,7 +59,12 @@ impl Feature {
 }
 
 /// The kernel-wide feature: `openat2(2)` with `RESOLVE_*` flags.
+#[cfg(not(loom))]
 pub(crate) static OPENAT2: Feature = Feature::new();
+/// Under loom the static is built lazily (never, in the models, which use
+/// their own `Feature`s).
+#[cfg(loom)]
+pub(crate) static OPENAT2: std::sync::LazyLock<Feature> = std::sync::LazyLock::new(Feature::new);
 
 /// Features of the file system a cache lives on, detected per cache handle.
 #[derive(Debug)]
@@ -105,5 +117,43 @@ mod tests {
         );
         f.set(Support::No);
         assert!(!f.usable());
+    }
+}
+
+/// Models of racing detectors: `RUSTFLAGS="--cfg loom" cargo test --release --lib loom`.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::Arc;
+
+    /// Two detectors find out different things at once (one path works
+    /// in its first form, another only in its second, or not at all).
+    fn race(first: Support, second: Support) {
+        loom::model(move || {
+            let f = Arc::new(Feature::new());
+            let spawn = |s: Support| {
+                let f = f.clone();
+                loom::thread::spawn(move || {
+                    f.set(s);
+                    f.get()
+                })
+            };
+            let (a, b) = (spawn(first), spawn(second));
+            let (seen_a, seen_b) = (a.join().unwrap(), b.join().unwrap());
+            let settled = first.max(second);
+            assert_eq!(f.get(), settled, "the most pessimistic answer wins");
+            // Nobody reads back an answer more optimistic than their own:
+            // a thread that learnt `No` must never go on to try the feature.
+            assert!(seen_a >= first && seen_b >= second, "{seen_a:?} {seen_b:?}");
+            assert!(seen_a <= settled && seen_b <= settled);
+        });
+    }
+
+    #[test]
+    fn loom_racing_detectors_settle_on_the_most_pessimistic_answer() {
+        race(Support::Yes, Support::Alternate);
+        race(Support::Alternate, Support::No);
+        race(Support::Yes, Support::No);
+        race(Support::Yes, Support::Yes);
     }
 }
