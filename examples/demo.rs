@@ -13,6 +13,8 @@ use fscache::{Commit, FsCache, MaxSize};
 const WORKERS: usize = 6;
 const ROUNDS: usize = 40;
 const NAMES: usize = 24;
+/// Small enough that the workers' entries do not all fit: eviction runs.
+const MAXIMUM: u64 = 384 << 10;
 
 /// One worker: store and load names from a small shared pool.
 fn child(dir: &Path, id: usize) -> Result<(), Box<dyn std::error::Error>> {
@@ -46,25 +48,6 @@ fn child(dir: &Path, id: usize) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Space used below `path`, counted as the format counts it.
-fn measured(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(path)
-        .map(|m| m.blocks() * 512)
-        .unwrap_or(0);
-    let below: u64 = match std::fs::read_dir(path) {
-        Ok(rd)
-            if !std::fs::symlink_metadata(path)
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(true) =>
-        {
-            rd.filter_map(Result::ok).map(|e| measured(&e.path())).sum()
-        }
-        _ => 0,
-    };
-    meta + below
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if let [_, mode, dir, id] = args.as_slice() {
@@ -75,10 +58,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cache");
     let cache = FsCache::open("fscache-demo", &dir)?;
-    cache.set_maximum_size(MaxSize::Bytes(8 << 20))?;
+    cache.set_maximum_size(MaxSize::Bytes(MAXIMUM))?;
     println!(
-        "cache at {} (maximum 8 MiB), {WORKERS} processes x {ROUNDS} rounds over {NAMES} names",
-        dir.display()
+        "cache at {} (maximum {} KiB), {WORKERS} processes x {ROUNDS} rounds over {NAMES} names",
+        dir.display(),
+        MAXIMUM >> 10
     );
 
     let exe = std::env::current_exe()?;
@@ -103,22 +87,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let [stored, taken, refused, hits, misses] = totals;
-    println!("commits: {stored} stored, {taken} name-taken, {refused} refused");
+    println!("commits: {stored} stored, {taken} name-taken, {refused} refused (stored entries beyond the maximum were evicted, least recently used first)");
     println!("loads:   {hits} hits, {misses} misses");
 
-    let mut entries = 0;
-    let mut data_bytes = 0;
-    for e in std::fs::read_dir(dir.join("objects"))? {
-        let e = e?;
-        if e.path().join("object.info").exists() {
-            entries += 1;
-            data_bytes += measured(&e.path().join("data"));
-        }
+    let stats = cache.stats()?;
+    println!(
+        "entries: {} now; bytes accounted {}, recorded {}, measured {}",
+        stats.entries,
+        stats.accounted_bytes.unwrap_or(0),
+        stats.recorded_bytes,
+        stats.measured_bytes
+    );
+    if stats.accounted_bytes != Some(stats.measured_bytes)
+        || stats.recorded_bytes != stats.measured_bytes
+    {
+        return Err("accounting drifted".into());
     }
-    let accounted = cache.accounted_size()?;
-    println!("entries: {entries}; bytes accounted {accounted}, measured {data_bytes}");
-    if accounted != data_bytes {
-        return Err(format!("accounting drifted: {accounted} != {data_bytes}").into());
+    if stats.orphans + stats.live_anonymous > 0 {
+        return Err(format!(
+            "{} anonymous entries left behind",
+            stats.orphans + stats.live_anonymous
+        )
+        .into());
     }
     println!("ok: cache.size equals what the entries occupy");
     Ok(())

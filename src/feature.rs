@@ -86,18 +86,39 @@ impl FsFeatures {
             tmpfile: Feature::new(),
             noreplace: Feature::new(),
         };
-        if let Ok(list) = std::env::var("FSCACHE_DISABLE") {
-            for name in list.split(',').map(str::trim) {
-                match name {
-                    "openat2" => OPENAT2.set(Support::No),
-                    "tmpfile" => features.tmpfile.set(Support::No),
-                    "noreplace" => features.noreplace.set(Support::No),
-                    _ => {}
-                }
-            }
+        let disabled = disabled();
+        if disabled.openat2 {
+            OPENAT2.set(Support::No);
+        }
+        if disabled.tmpfile {
+            features.tmpfile.set(Support::No);
+        }
+        if disabled.noreplace {
+            features.noreplace.set(Support::No);
         }
         features
     }
+}
+
+/// What `FSCACHE_DISABLE` turns off, read once per process.
+#[derive(Clone, Copy, Debug, Default)]
+struct Disabled {
+    openat2: bool,
+    tmpfile: bool,
+    noreplace: bool,
+}
+
+fn disabled() -> Disabled {
+    static DISABLED: std::sync::OnceLock<Disabled> = std::sync::OnceLock::new();
+    *DISABLED.get_or_init(|| {
+        let list = std::env::var("FSCACHE_DISABLE").unwrap_or_default();
+        let has = |name: &str| list.split(',').any(|n| n.trim() == name);
+        Disabled {
+            openat2: has("openat2"),
+            tmpfile: has("tmpfile"),
+            noreplace: has("noreplace"),
+        }
+    })
 }
 
 #[cfg(all(test, not(loom)))]

@@ -17,13 +17,18 @@ use crate::info::{CacheInfo, MaxSize};
 use crate::size::SizeLock;
 use crate::FsCache;
 
+/// How many times one commit may evict before it gives up with no room.
+const EVICTION_ROUNDS: u32 = 3;
+
 impl FsCache {
     /// Enter the size critical section with room for `size` more bytes,
     /// evicting least recently used entries down to the low watermark if
     /// needed; `None` if there is no room even then.
     pub(crate) fn make_room(&self, size: u64, cfg: &CacheInfo) -> Result<Option<SizeLock<'_>>> {
         let max = cfg.effective_maximum();
-        let mut evicted = false;
+        // Others may take the room we free before we get back into the
+        // section: try again while eviction makes progress, a few times.
+        let mut rounds = 0;
         loop {
             let size_lock = self.lock_size()?;
             let current = size_lock.value()?;
@@ -33,7 +38,7 @@ impl FsCache {
             let MaxSize::Bytes(max) = max else {
                 unreachable!("an unlimited maximum admits everything")
             };
-            if evicted {
+            if rounds == EVICTION_ROUNDS {
                 return Ok(None);
             }
             drop(size_lock);
@@ -50,8 +55,14 @@ impl FsCache {
                 max.saturating_sub(size)
             };
             let need = (current.saturating_add(size)).saturating_sub(max);
-            self.evict_lru(current.saturating_sub(target).max(need))?;
-            evicted = true;
+            if self
+                .evict_lru(current.saturating_sub(target).max(need))?
+                .is_empty()
+            {
+                rounds = EVICTION_ROUNDS;
+            } else {
+                rounds += 1;
+            }
         }
     }
 }
