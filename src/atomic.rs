@@ -293,7 +293,12 @@ impl Dir {
                         lock,
                     })
                 }
-                Ok(None) => continue,
+                Ok(None) => {
+                    // Not ours any more; if it is still empty (our
+                    // temporary was swept), do not leave it for the sweep.
+                    let _ = unlinkat(self.as_fd(), name.as_str(), AtFlags::REMOVEDIR);
+                    continue;
+                }
                 Err(e) => {
                     let _ = unlinkat(self.as_fd(), name.as_str(), AtFlags::REMOVEDIR);
                     return Err(e);

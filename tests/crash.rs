@@ -54,7 +54,11 @@ fn debris(root: &Path) -> Vec<String> {
         for n in names(&root.join(sub)).into_iter().filter(|n| n != PLANTED) {
             let p = root.join(sub).join(&n);
             if n.starts_with("uuid-") {
-                let inside = if p.is_dir() { names(&p).join("+") } else { "file".into() };
+                let inside = if p.is_dir() {
+                    names(&p).join("+")
+                } else {
+                    "file".into()
+                };
                 out.push(format!("{sub}/uuid-…[{inside}]"));
             } else if !p.join("object.info").exists() {
                 out.push(format!("{sub}/{n} without object.info"));
@@ -83,29 +87,47 @@ fn every_crash_point_leaves_a_cache_that_recovers_without_losing_committed_entri
             panic!("crash point {point:?} was never reached by the script");
         };
         let status = w.reap();
-        assert_eq!(status.signal(), Some(9), "{point}: the worker must die by SIGKILL, got {status}");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "{point}: the worker must die by SIGKILL, got {status}"
+        );
 
         let left = debris(&root);
-        let drift = size_file(&root) as i64 - info_sizes(&root).iter().map(|(_, s)| *s as i64).sum::<i64>();
+        let drift = size_file(&root) as i64
+            - info_sizes(&root)
+                .iter()
+                .map(|(_, s)| *s as i64)
+                .sum::<i64>();
         let sweep = cache.sweep_orphans()?;
         let resync = cache.resync()?;
         assert_exact(&root);
         assert!(
-            names(&root.join("objects")).iter().all(|n| !n.starts_with("uuid-")),
+            names(&root.join("objects"))
+                .iter()
+                .all(|n| !n.starts_with("uuid-")),
             "{point}: anonymous debris survived recovery"
         );
-        assert!(names(&root.join("stage")).is_empty(), "{point}: staging debris survived recovery");
+        assert!(
+            names(&root.join("stage")).is_empty(),
+            "{point}: staging debris survived recovery"
+        );
         assert!(debris(&root).is_empty(), "{point}: {:?}", debris(&root));
         for name in ["a", "c", "x", "b"] {
             if let Some(hit) = cache.load(name)? {
-                payload::verify(hit.path()).unwrap_or_else(|e| panic!("{point}: entry {name} damaged: {e}"));
+                payload::verify(hit.path())
+                    .unwrap_or_else(|e| panic!("{point}: entry {name} damaged: {e}"));
             } else {
                 // `a` and `c` were committed before the crash and nothing
                 // in the script removes them; `b` is evicted on purpose.
-                assert!(!["a", "c"].contains(&name), "{point}: committed entry {name} lost");
+                assert!(
+                    !["a", "c"].contains(&name),
+                    "{point}: committed entry {name} lost"
+                );
             }
         }
-        let info: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("cache.info"))?)?;
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join("cache.info"))?)?;
         assert_eq!(info["version"], 1, "{point}: cache.info damaged");
         table.push(format!(
             "| `{point}` | `{step}` | {} ; cache.size {drift:+} | swept {} dirs, {} files, {} invalid, gave back {} B; resync {:?} -> {} |",

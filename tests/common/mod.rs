@@ -99,13 +99,19 @@ impl Worker {
     /// Send a command; `None` if the worker dies instead of answering.
     #[track_caller]
     pub fn try_ask(&mut self, command: &str) -> Option<String> {
-        if writeln!(self.stdin, "{command}").and_then(|()| self.stdin.flush()).is_err() {
+        if writeln!(self.stdin, "{command}")
+            .and_then(|()| self.stdin.flush())
+            .is_err()
+        {
             return None;
         }
         match self.lines.recv_timeout(STEP) {
             Ok(line) => Some(line),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
-            Err(e) => panic!("worker {} said nothing within {STEP:?}: {e}", self.child.id()),
+            Err(e) => panic!(
+                "worker {} said nothing within {STEP:?}: {e}",
+                self.child.id()
+            ),
         }
     }
 
