@@ -6,7 +6,10 @@
 //! ```
 //!
 //! Operations: `load` (a hit), `miss`, `store` (commit into an unlimited
-//! cache), `stage`. Setup happens before the marker line on stderr.
+//! cache), `stage`, and `full:N` (commit into a full cache that holds `N`
+//! entries, so that every store pays its share of eviction). Setup happens
+//! before the marker line on stderr; run once with a count of 0 to learn
+//! what setup alone costs. The time per operation goes to stderr.
 
 use fscache::{FsCache, MaxSize};
 
@@ -21,9 +24,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let e = cache.store("hot")?;
     std::fs::write(e.path().join("f"), b"x")?;
     assert!(e.commit().map_err(fscache::Error::from)?.is_stored());
+    let full: Option<u64> = op.strip_prefix("full:").and_then(|n| n.parse().ok());
+    if let Some(entries) = full {
+        for i in 0..entries {
+            let e = cache.store(&format!("seed{i}"))?;
+            std::fs::write(e.path().join("f"), [7u8; 100])?;
+            assert!(e.commit().map_err(fscache::Error::from)?.is_stored());
+        }
+        cache.set_maximum_size(MaxSize::Bytes(cache.accounted_size()?))?;
+    }
     eprintln!("--- {n} x {op}");
+    let start = std::time::Instant::now();
     for i in 0..n {
         match op {
+            _ if full.is_some() => {
+                let e = cache.store(&format!("new{i}"))?;
+                std::fs::write(e.path().join("f"), [7u8; 100])?;
+                assert!(e.commit().map_err(fscache::Error::from)?.is_stored());
+            }
             "load" => drop(cache.load("hot")?.ok_or("miss")?),
             "miss" => assert!(cache.load("cold")?.is_none()),
             "store" => {
@@ -34,6 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown operation {other}").into()),
         }
     }
-    eprintln!("--- done; remove {}", dir.display());
+    let per_op = start.elapsed() / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    eprintln!("--- {per_op:?} per {op}; remove {}", dir.display());
     Ok(())
 }
