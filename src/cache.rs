@@ -150,6 +150,7 @@ impl FsCache {
     ///
     /// # Errors
     ///
+    /// [`Error::InvalidConfig`] for a low watermark outside 1..=100;
     /// [`Error::UnsupportedVersion`] if the cache's version is not one this
     /// crate may write; [`Error::Corrupt`] if `cache.info` is not a JSON
     /// object (it is then never rewritten); [`Error::Io`] on I/O failure.
@@ -165,6 +166,15 @@ impl FsCache {
     /// # Ok::<(), fscache::Error>(())
     /// ```
     pub fn update_info(&self, update: &CacheInfo) -> Result<CacheInfo> {
+        if update
+            .low_watermark_percent
+            .is_some_and(|p| !(1..=100).contains(&p))
+        {
+            return Err(Error::InvalidConfig {
+                key: info::LOW_WATERMARK_KEY,
+                reason: "a percentage from 1 to 100",
+            });
+        }
         let path = || self.root.join(info::CACHE_INFO);
         let lock = self
             .root

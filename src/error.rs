@@ -121,6 +121,14 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// A configuration value out of its range.
+    #[error("invalid configuration `{key}`: {reason}")]
+    InvalidConfig {
+        /// The `cache.info` key.
+        key: &'static str,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// The cache's `cache.info` names a format version this crate does not
     /// support (or none at all), and the operation needs the object store.
     #[error("`{}` has unsupported cache version {version:?}", path.display())]
@@ -152,6 +160,8 @@ pub enum ErrorKind {
     Contended,
     /// [`Error::InvalidName`].
     InvalidName,
+    /// [`Error::InvalidConfig`].
+    InvalidConfig,
     /// [`Error::UnsupportedVersion`].
     UnsupportedVersion,
     /// [`Error::Corrupt`].
@@ -165,6 +175,7 @@ impl Error {
             Error::Io { .. } | Error::Rename { .. } => ErrorKind::Io,
             Error::WouldBlock { .. } | Error::TimedOut { .. } => ErrorKind::Contended,
             Error::InvalidName { .. } => ErrorKind::InvalidName,
+            Error::InvalidConfig { .. } => ErrorKind::InvalidConfig,
             Error::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
         }
@@ -179,7 +190,7 @@ impl Error {
             | Error::UnsupportedVersion { path, .. }
             | Error::Corrupt { path, .. } => Some(path),
             Error::Rename { from, .. } => Some(from),
-            Error::InvalidName { .. } => None,
+            Error::InvalidName { .. } | Error::InvalidConfig { .. } => None,
         }
     }
 

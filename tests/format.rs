@@ -177,6 +177,16 @@ fn an_unsupported_version_degrades_store_to_staging_and_load_to_a_miss() -> Test
     let s = cache.stage()?;
     assert!(s.path().is_dir(), "staging always works");
     drop(s);
+    let bad = fscache::CacheInfo {
+        low_watermark_percent: Some(0),
+        ..Default::default()
+    };
+    let err = cache.update_info(&bad).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        fscache::ErrorKind::InvalidConfig,
+        "checked before anything is read"
+    );
     let err = cache.set_maximum_size(MaxSize::Bytes(1)).unwrap_err();
     assert_eq!(err.kind(), fscache::ErrorKind::UnsupportedVersion);
     Ok(())
