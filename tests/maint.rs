@@ -248,3 +248,80 @@ fn a_crash_between_accounting_and_the_rename_is_repaired_by_resync() -> TestResu
     assert_exact(&root);
     Ok(())
 }
+
+#[test]
+fn anonymous_creators_racing_sweepers_only_ever_start_again() -> TestResult {
+    // Threads conflict on OFD locks exactly as processes do, and share one
+    // handle: creators make and drop anonymous entries in a tight loop
+    // while sweepers sweep, so that sweeps land between a creator's mkdir
+    // and its lock link. Creators must never fail or lose their entry.
+    let (_t, root) = new_cache(MaxSize::Unlimited);
+    let cache = FsCache::open("fscache-tests", &root)?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let swept = std::thread::scope(|s| -> Result<u64, fscache::Error> {
+        let creators: Vec<_> = (0..3)
+            .map(|i| {
+                let cache = &cache;
+                s.spawn(move || -> Result<(), fscache::Error> {
+                    for n in 0..300 {
+                        if (i + n) % 2 == 0 {
+                            let stage = cache.stage()?;
+                            std::fs::write(stage.path().join("f"), b"mine")
+                                .expect("write into own stage");
+                            assert_eq!(
+                                std::fs::read(stage.path().join("f")).expect("read back"),
+                                b"mine"
+                            );
+                        } else {
+                            let e = cache.store(&format!("s{i}-{n}"))?;
+                            std::fs::write(e.path().join("f"), b"mine")
+                                .expect("write into own entry");
+                            assert!(e.commit()?.is_stored());
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let sweepers: Vec<_> = (0..2)
+            .map(|_| {
+                let (cache, done) = (&cache, &done);
+                s.spawn(move || -> Result<u64, fscache::Error> {
+                    let mut removed = 0;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        removed += cache.sweep_orphans()?.orphan_dirs;
+                    }
+                    Ok(removed)
+                })
+            })
+            .collect();
+        for c in creators {
+            c.join().expect("creator panicked")?;
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = 0;
+        for s in sweepers {
+            total += s.join().expect("sweeper panicked")?;
+        }
+        Ok(total)
+    })?;
+    println!("sweepers removed {swept} lockless directories of live creators, who started again");
+    assert_eq!(entries(&root).len(), 450, "every store committed");
+    assert!(names(&root.join("stage")).is_empty());
+    assert!(names(&root.join("objects"))
+        .iter()
+        .all(|n| !n.starts_with("uuid-")));
+    assert_exact(&root);
+    Ok(())
+}
+
+#[test]
+fn the_handle_and_its_errors_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<FsCache>();
+    send_sync::<fscache::Error>();
+    fn send<T: Send>() {}
+    send::<fscache::LoadGuard<'static>>();
+    send::<fscache::StoreGuard<'static>>();
+    send::<fscache::StageGuard<'static>>();
+}
