@@ -81,7 +81,7 @@ impl Dir {
     ///
     /// ```
     /// use fscache::atomic::{Dir, Replace, Written};
-    /// let t = tempfile::tempdir()?;
+    /// let t = tempfile::tempdir().unwrap();
     /// let dir = Dir::open(t.path())?;
     /// assert_eq!(dir.write_file("a", b"1", Replace::No, &dir)?, Written::Created);
     /// assert_eq!(dir.write_file("a", b"2", Replace::No, &dir)?, Written::Exists);
@@ -260,7 +260,7 @@ impl Dir {
     ///
     /// ```
     /// use fscache::atomic::Dir;
-    /// let t = tempfile::tempdir()?;
+    /// let t = tempfile::tempdir().unwrap();
     /// let store = Dir::open(t.path())?;
     /// let entry = store.create_anonymous()?;
     /// assert!(entry.name().starts_with("uuid-"));

@@ -67,7 +67,7 @@ impl FsCache {
     ///
     /// ```
     /// use fscache::{FsCache, MaxSize};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let cache = FsCache::open("my-tool", dir.path().join("cache"))?;
     /// cache.set_maximum_size(MaxSize::Bytes(1 << 30))?;
     /// assert!(cache.info().is_supported());
@@ -159,7 +159,7 @@ impl FsCache {
     ///
     /// ```
     /// use fscache::{CacheInfo, FsCache, MaxSize};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let cache = FsCache::open("my-tool", dir.path())?;
     /// let now = cache.update_info(&CacheInfo { maximum_size: Some(MaxSize::Unlimited), ..Default::default() })?;
     /// assert_eq!(now.effective_maximum(), MaxSize::Unlimited);

@@ -10,7 +10,7 @@
 //! ```
 //! use fscache::{Commit, FsCache, MaxSize};
 //!
-//! let dir = tempfile::tempdir()?;
+//! let dir = tempfile::tempdir().unwrap();
 //! let cache = FsCache::open("my-build-tool", dir.path())?;
 //! cache.set_maximum_size(MaxSize::Bytes(64 << 20))?;
 //!

@@ -185,7 +185,7 @@ impl FileLock {
     ///
     /// ```
     /// use fscache::lock::{FileLock, LockKind, Wait};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let file = std::fs::File::create(dir.path().join("a.lock"))?;
     /// let held = FileLock::acquire(file.into(), LockKind::Exclusive, Wait::Never, dir.path().join("a.lock"))?;
     /// assert_eq!(held.kind(), LockKind::Exclusive);
@@ -222,7 +222,7 @@ impl FileLock {
     ///
     /// ```
     /// use fscache::lock::{FileLock, LockKind, Wait};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.lock");
     /// std::fs::write(&path, b"")?;
     /// let reader = FileLock::open(&path, LockKind::Shared, Wait::Never)?;
@@ -352,7 +352,7 @@ impl Drop for FileLock {
 ///
 /// ```
 /// use fscache::lock::{conflicting, FileLock, LockKind, Wait};
-/// let dir = tempfile::tempdir()?;
+/// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("a.lock");
 /// std::fs::write(&path, b"")?;
 /// let probe = std::fs::File::open(&path)?;

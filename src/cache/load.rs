@@ -63,7 +63,7 @@ impl FsCache {
     ///
     /// ```
     /// use fscache::FsCache;
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let cache = FsCache::open("my-tool", dir.path())?;
     /// assert!(cache.load("never-stored")?.is_none());
     /// # Ok::<(), fscache::Error>(())

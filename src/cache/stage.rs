@@ -38,7 +38,7 @@ impl FsCache {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let cache = fscache::FsCache::open("my-tool", dir.path())?;
     /// let scratch = cache.stage()?;
     /// std::fs::write(scratch.path().join("tmp"), "x").unwrap();

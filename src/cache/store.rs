@@ -124,7 +124,7 @@ impl FsCache {
     ///
     /// ```
     /// use fscache::{Commit, FsCache, MaxSize};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let cache = FsCache::open("my-tool", dir.path())?;
     /// cache.set_maximum_size(MaxSize::Unlimited)?;
     /// let entry = cache.store("hello")?;

@@ -98,7 +98,7 @@ impl FsCache {
     ///
     /// ```
     /// use fscache::{Eviction, FsCache};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let cache = FsCache::open("my-tool", dir.path())?;
     /// assert_eq!(cache.evict("nothing-here")?, Eviction::NotFound);
     /// # Ok::<(), fscache::Error>(())
@@ -174,7 +174,7 @@ impl FsCache {
     /// ```
     /// use std::time::Duration;
     /// use fscache::{FsCache, GcOptions};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let cache = FsCache::open("my-tool", dir.path())?;
     /// let plan = cache.gc(&GcOptions { max_age: Some(Duration::from_secs(86400)), dry_run: true, ..Default::default() })?;
     /// assert!(plan.removed.is_empty());

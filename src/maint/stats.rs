@@ -113,7 +113,7 @@ impl FsCache {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let cache = fscache::FsCache::open("my-tool", dir.path())?;
     /// let stats = cache.stats()?;
     /// assert_eq!((stats.entries, stats.accounted_bytes), (0, Some(0)));
@@ -203,7 +203,7 @@ impl FsCache {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let cache = fscache::FsCache::open("my-tool", dir.path())?;
     /// std::fs::write(dir.path().join("cache.size"), "12345").unwrap(); // drift
     /// let report = cache.resync()?;

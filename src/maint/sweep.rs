@@ -58,7 +58,7 @@ impl FsCache {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let cache = fscache::FsCache::open("my-tool", dir.path())?;
     /// let report = cache.sweep_orphans()?;
     /// assert_eq!(report.orphan_dirs, 0);
