@@ -217,7 +217,8 @@ impl Dir {
             let cleanup = scopeguard::guard((), |()| {
                 let _ = unlinkat(temp.as_fd(), temp_name.as_str(), AtFlags::empty());
             });
-            write_all(lock.as_fd(), content, &temp.join(&temp_name))?;
+            // Named after the file it becomes: that is what the caller knows.
+            write_all(lock.as_fd(), content, &self.join(name))?;
             crate::failpoint!("put-before-rename");
             let moved = match replace {
                 Replace::Yes => renameat(temp.as_fd(), temp_name.as_str(), self.as_fd(), name),
@@ -282,7 +283,10 @@ impl Dir {
             let dir = match tree::open_dir(self.as_fd(), &name) {
                 Ok(fd) => Dir::from_fd(fd, self.join(&name)),
                 Err(Errno::NOENT) => continue,
-                Err(e) => return Err(e).at(Op::Open, || self.join(&name)),
+                Err(e) => {
+                    let _ = unlinkat(self.as_fd(), name.as_str(), AtFlags::REMOVEDIR);
+                    return Err(e).at(Op::Open, || self.join(&name));
+                }
             };
             match self.link_new_lock(&dir) {
                 Ok(Some(lock)) => {
@@ -540,7 +544,8 @@ impl<'a> AnonymousDir<'a> {
 /// exclusively (or that nobody can lock any more).
 pub(crate) fn remove_entry(parent: &Dir, name: &str, dir: &Dir) -> Result<()> {
     match unlinkat(dir.as_fd(), crate::info::OBJECT_INFO, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => {}
+        // A directory planted there goes with the rest of the contents.
+        Ok(()) | Err(Errno::NOENT) | Err(Errno::ISDIR) => {}
         Err(e) => return Err(e).at(Op::Unlink, || dir.join(crate::info::OBJECT_INFO)),
     }
     crate::failpoint!("remove-after-info");

@@ -13,13 +13,15 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::RwLock;
 
-use rustix::fs::{statat, AtFlags, Mode, OFlags};
+use std::os::fd::BorrowedFd;
+
+use rustix::fs::{statat, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::atomic::{Dir, Replace};
 use crate::beneath::open_beneath;
-use crate::error::{Error, IoContext, Op, Result};
-use crate::info::{self, CacheInfo, MaxSize};
+use crate::error::{not_a_file, Error, IoContext, Op, Result};
+use crate::info::{self, CacheInfo, MaxSize, ObjectInfo};
 use crate::lock::{FileLock, LockKind, Wait};
 use crate::size::{self, SizeLock};
 
@@ -275,6 +277,26 @@ pub(crate) fn read_all(fd: &impl AsFd, path: &Path) -> Result<Vec<u8>> {
             return Ok(Vec::new());
         }
     }
+}
+
+/// The `object.info` at `rel` below `dir`: `None` unless it is a regular
+/// file holding a valid one (a link, directory, socket or fifo planted
+/// there, or garbage, all read as "no valid info").
+pub(crate) fn read_object_info(
+    dir: BorrowedFd<'_>,
+    rel: &str,
+    path: &Path,
+) -> Result<Option<ObjectInfo>> {
+    let fd = match open_beneath(dir, rel, OFlags::RDONLY, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) if not_a_file(e) => return Ok(None),
+        Err(e) => return Err(e).at(Op::Open, || path.to_owned()),
+    };
+    let st = rustix::fs::fstat(&fd).at(Op::Stat, || path.to_owned())?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Ok(None);
+    }
+    Ok(ObjectInfo::parse(&read_all(&fd, path)?))
 }
 
 /// Read and parse `cache.info`; an unreadable form reads as all unset.

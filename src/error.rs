@@ -207,12 +207,39 @@ impl Error {
         self.io_error().and_then(io::Error::raw_os_error)
     }
 
+    /// Whether this is the failure of opening or reading something that is
+    /// not (or no longer) a regular file where one belongs: gone, a link, a
+    /// directory, a socket, a fifo.
+    pub(crate) fn is_not_a_file(&self) -> bool {
+        self.errno()
+            .map(rustix::io::Errno::from_raw_os_error)
+            .is_some_and(not_a_file)
+    }
+
     pub(crate) fn corrupt(path: PathBuf, reason: impl Into<String>) -> Self {
         Error::Corrupt {
             path,
             reason: reason.into(),
         }
     }
+}
+
+/// The errors that opening or reading a path gives when there is no regular
+/// file there: it is gone, or a link, directory, socket or fifo was put in
+/// its place.
+pub(crate) fn not_a_file(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        e,
+        Errno::NOENT
+            | Errno::NOTDIR
+            | Errno::LOOP
+            | Errno::ISDIR
+            | Errno::NXIO
+            | Errno::AGAIN
+            | Errno::SPIPE
+            | Errno::OPNOTSUPP
+    )
 }
 
 /// Attach an operation and a path to a failed system call.

@@ -5,13 +5,12 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{
-    futimens, statat, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT,
+    futimens, statat, AtFlags, FileType, OFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT,
 };
 use rustix::io::Errno;
 
 use crate::atomic::LOCK_FILE;
-use crate::beneath::open_beneath;
-use crate::cache::read_all;
+use crate::cache::read_object_info;
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{ObjectInfo, DATA, OBJECT_INFO};
 use crate::lock::{FileLock, LockKind, Wait};
@@ -37,13 +36,19 @@ impl fmt::Debug for LoadGuard<'_> {
     }
 }
 
-/// Errors that mean "not here (right now)": a miss, not a failure.
+/// Errors that mean "not here (right now)": a miss, not a failure. A link,
+/// socket or fifo where the lock file belongs is not an entry either.
 fn is_miss(e: &Error) -> bool {
-    matches!(e, Error::WouldBlock { .. })
-        || matches!(
-            e.errno().map(Errno::from_raw_os_error),
-            Some(Errno::NOENT) | Some(Errno::NOTDIR) | Some(Errno::LOOP)
-        )
+    matches!(e, Error::WouldBlock { .. }) || e.is_not_a_file()
+}
+
+/// Whether `rel` below `dir` is, without following links, of type `kind`.
+fn is_a(dir: &crate::atomic::Dir, rel: &str, kind: FileType) -> Result<bool> {
+    match statat(dir.as_fd(), rel, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(FileType::from_raw_mode(st.st_mode) == kind),
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(false),
+        Err(e) => Err(e).at(Op::Stat, || dir.join(rel)),
+    }
 }
 
 impl FsCache {
@@ -87,16 +92,16 @@ impl FsCache {
             Err(e) if is_miss(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        // Without object.info the entry is incomplete or being removed.
-        let info_rel = format!("{name}/{OBJECT_INFO}");
-        match statat(
-            objects.as_fd(),
-            info_rel.as_str(),
-            AtFlags::SYMLINK_NOFOLLOW,
-        ) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
-            Ok(_) | Err(Errno::NOENT) | Err(Errno::NOTDIR) => return Ok(None),
-            Err(e) => return Err(e).at(Op::Stat, || objects.join(&info_rel)),
+        // Without object.info the entry is incomplete or being removed;
+        // a `data` that is not a directory (a planted link) is no entry we
+        // may hand out.
+        if !is_a(
+            objects,
+            &format!("{name}/{OBJECT_INFO}"),
+            FileType::RegularFile,
+        )? || !is_a(objects, &format!("{name}/{DATA}"), FileType::Directory)?
+        {
+            return Ok(None);
         }
         let now = Timestamps {
             last_access: Timespec {
@@ -143,11 +148,8 @@ impl LoadGuard<'_> {
     pub fn info(&self) -> Result<ObjectInfo> {
         let objects = self.cache.objects();
         let rel = format!("{}/{OBJECT_INFO}", self.name);
-        let fd = open_beneath(objects.as_fd(), &rel, OFlags::RDONLY, Mode::empty())
-            .at(Op::Open, || objects.join(&rel))?;
-        let raw = read_all(&fd, &objects.join(&rel))?;
-        ObjectInfo::parse(&raw)
-            .ok_or_else(|| Error::corrupt(objects.join(&rel), "not an object.info"))
+        read_object_info(objects.as_fd(), &rel, &objects.join(&rel))?
+            .ok_or_else(|| Error::corrupt(objects.join(&rel), "not a valid object.info"))
     }
 
     /// Release the entry, reporting failure (dropping does the same).

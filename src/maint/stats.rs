@@ -5,11 +5,9 @@ use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{statat, AtFlags, FileType, Mode, OFlags};
-use rustix::io::Errno;
 
 use crate::atomic::{Dir, LOCK_FILE};
 use crate::beneath::open_beneath;
-use crate::cache::read_all;
 use crate::error::{IoContext, Op, Result};
 use crate::info::{MaxSize, ObjectInfo, DATA, OBJECT_INFO};
 use crate::lock::{conflicting, LockKind};
@@ -84,7 +82,7 @@ pub(crate) fn is_live(dir: &Dir, name: &str, is_dir: bool) -> Result<bool> {
     };
     match open_beneath(dir.as_fd(), &rel, OFlags::RDONLY, Mode::empty()) {
         Ok(fd) => Ok(conflicting(&fd, LockKind::Exclusive, &dir.join(&rel))?.is_some()),
-        Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => Ok(false),
+        Err(e) if crate::error::not_a_file(e) => Ok(false),
         Err(e) => Err(e).at(Op::Open, || dir.join(&rel)),
     }
 }
@@ -92,11 +90,7 @@ pub(crate) fn is_live(dir: &Dir, name: &str, is_dir: bool) -> Result<bool> {
 /// The `object.info` of the entry `name` in `dir`, if it has a valid one.
 pub(crate) fn read_object_info(dir: &Dir, name: &str) -> Result<Option<ObjectInfo>> {
     let rel = format!("{name}/{OBJECT_INFO}");
-    match open_beneath(dir.as_fd(), &rel, OFlags::RDONLY, Mode::empty()) {
-        Ok(fd) => Ok(ObjectInfo::parse(&read_all(&fd, &dir.join(&rel))?)),
-        Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => Ok(None),
-        Err(e) => Err(e).at(Op::Open, || dir.join(&rel)),
-    }
+    crate::cache::read_object_info(dir.as_fd(), &rel, &dir.join(&rel))
 }
 
 impl FsCache {

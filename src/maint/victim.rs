@@ -2,14 +2,13 @@
 
 use std::os::fd::AsFd;
 
-use rustix::fs::{fstat, statat, unlinkat, AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{fstat, statat, unlinkat, AtFlags, FileType, OFlags};
 use rustix::io::Errno;
 
 use crate::atomic::{remove_entry, Dir, LOCK_FILE};
-use crate::beneath::open_beneath;
-use crate::cache::read_all;
+use crate::cache::read_object_info;
 use crate::error::{Error, IoContext, Op, Result};
-use crate::info::{ObjectInfo, OBJECT_INFO};
+use crate::info::OBJECT_INFO;
 use crate::lock::{FileLock, LockKind, Wait};
 use crate::tree;
 use crate::FsCache;
@@ -108,11 +107,8 @@ impl FsCache {
             Err(e) if is_gone(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let size = match open_beneath(dir.as_fd(), OBJECT_INFO, OFlags::RDONLY, Mode::empty()) {
-            Ok(fd) => ObjectInfo::parse(&read_all(&fd, &dir.join(OBJECT_INFO))?).map(|i| i.size),
-            Err(Errno::NOENT) => None,
-            Err(e) => return Err(e).at(Op::Open, || dir.join(OBJECT_INFO)),
-        };
+        let size =
+            read_object_info(dir.as_fd(), OBJECT_INFO, &dir.join(OBJECT_INFO))?.map(|i| i.size);
         Ok(Some(Victim {
             name: name.to_owned(),
             size,
@@ -152,15 +148,16 @@ impl FsCache {
         }
         let objects = self.objects();
         let mut size_lock = self.lock_size()?;
+        // A corrupt cache.size fails here, before any entry is touched.
+        let current = size_lock.value()?;
         let mut given_back = 0u64;
         let mut invalidated = Vec::with_capacity(victims.len());
         for v in victims {
             match unlinkat(v.dir.as_fd(), OBJECT_INFO, AtFlags::empty()) {
                 Ok(()) => given_back = given_back.saturating_add(v.size.unwrap_or(0)),
-                Err(Errno::NOENT) => {}
+                Err(Errno::NOENT) | Err(Errno::ISDIR) => {}
                 Err(e) => {
                     // Give back what is already gone before failing.
-                    let current = size_lock.value()?;
                     size_lock.set(current.saturating_sub(given_back))?;
                     return Err(e).at(Op::Unlink, || v.dir.join(OBJECT_INFO));
                 }
@@ -168,7 +165,6 @@ impl FsCache {
             invalidated.push(v);
         }
         crate::failpoint!("evict-after-info");
-        let current = size_lock.value()?;
         size_lock.set(current.saturating_sub(given_back))?;
         drop(size_lock);
         let mut removed = Vec::with_capacity(invalidated.len());
@@ -183,10 +179,9 @@ impl FsCache {
     }
 }
 
-/// Errors that mean the entry is not there (any more).
+/// Errors that mean the entry is not there (any more), or is not one: a
+/// link, socket, fifo or directory where a file belongs. Such an entry is
+/// skipped, never followed.
 pub(crate) fn is_gone(e: &Error) -> bool {
-    matches!(
-        e.errno().map(Errno::from_raw_os_error),
-        Some(Errno::NOENT) | Some(Errno::NOTDIR) | Some(Errno::LOOP)
-    )
+    e.is_not_a_file()
 }
