@@ -239,6 +239,15 @@ mod tests {
         assert_eq!(v["maximum-size"], "unlimited");
         assert_eq!(v["version"], 1);
         assert_eq!(update.merge_into(b"[]"), None);
+        // Numbers keep every digit and keys keep their order, as Python's
+        // json module would write them back.
+        let out = update
+            .merge_into(br#"{"z": 123456789012345678901234567890, "version": 1, "f": 0.10000000000000000555}"#)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"z":123456789012345678901234567890,"version":1,"f":0.10000000000000000555,"maximum-size":"unlimited"}"#
+        );
         assert_eq!(update.merge_into(b"not json"), None);
     }
 
