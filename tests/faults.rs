@@ -10,12 +10,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::{Command, Stdio};
 
 use common::*;
 use fscache::{Commit, ErrorKind, Eviction, FsCache, GcOptions, MaxSize};
@@ -498,78 +497,6 @@ fn a_cache_on_a_read_only_file_system_serves_hits_and_refuses_writes_with_erofs(
 // Permission denied: a root-owned cache used by an unprivileged process.
 // ---------------------------------------------------------------------------
 
-/// A worker process started from a `Command` we configure ourselves.
-struct Driven {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
-
-impl Driven {
-    #[track_caller]
-    fn spawn(mut cmd: Command) -> Driven {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn worker");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Driven {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    #[track_caller]
-    fn next_line(&mut self) -> String {
-        self.lines
-            .recv_timeout(STEP)
-            .unwrap_or_else(|e| panic!("worker said nothing within {STEP:?}: {e}"))
-    }
-
-    #[track_caller]
-    fn ask(&mut self, command: &str) -> String {
-        writeln!(self.stdin, "{command}").expect("write to worker");
-        self.stdin.flush().expect("flush");
-        self.next_line()
-    }
-
-    /// Tell it to exit; its exit status and what it wrote to stderr.
-    fn finish(mut self) -> (std::process::ExitStatus, String) {
-        let _ = writeln!(self.stdin, "exit");
-        let _ = self.stdin.flush();
-        let status = self.child.wait().expect("reap worker");
-        let mut err = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            let _ = stderr.read_to_string(&mut err);
-        }
-        (status, err)
-    }
-}
-
-impl Drop for Driven {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn worker_command(root: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fscache-worker"));
-    cmd.arg(root);
-    cmd
-}
-
 const NOBODY: u32 = 65534;
 
 #[test]
@@ -612,10 +539,13 @@ fn an_unprivileged_user_of_a_root_owned_cache_reads_hits_and_gets_errors_naming_
     let before = snapshot(&root);
     let size_before = size_file(&root);
 
-    let mut cmd = worker_command(&root);
+    let mut cmd = Worker::command(&root);
     // Dropping from root also drops the supplementary groups.
     cmd.uid(NOBODY).gid(NOBODY);
-    let mut user = Driven::spawn(cmd);
+    let mut user = {
+        cmd.stderr(Stdio::piped());
+        Worker::from_command(cmd)
+    };
     assert_eq!(user.next_line(), "ready", "opening needs only read access");
     // Reading works: the use is not recorded, the hit is whole.
     for name in ["k1", "k2"] {
@@ -696,7 +626,10 @@ fn a_worker_under_a_tiny_descriptor_limit_answers_errors_and_leaves_nothing_behi
     cmd.arg("--nofile=12:12")
         .arg(env!("CARGO_BIN_EXE_fscache-worker"))
         .arg(&root);
-    let mut w = Driven::spawn(cmd);
+    let mut w = {
+        cmd.stderr(Stdio::piped());
+        Worker::from_command(cmd)
+    };
     assert_eq!(w.next_line(), "ready");
     // Hold staging entries (two descriptors each) until none is left.
     let mut staged = 0;

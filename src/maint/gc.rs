@@ -140,7 +140,7 @@ impl FsCache {
                 Some(v) => batch.push(v),
                 None => report.in_use += u64::from(self.entry_exists(&c.name)),
             }
-            if batch.len() >= 64 {
+            if batch.len() >= crate::maint::victim::BATCH {
                 self.tally(&mut report, std::mem::take(&mut batch))?;
             }
         }
@@ -228,7 +228,7 @@ impl FsCache {
                 }
                 None => report.in_use += 1,
             }
-            if batch.len() >= 64 {
+            if batch.len() >= crate::maint::victim::BATCH {
                 self.remove_reasoned(&mut report, std::mem::take(&mut batch))?;
             }
         }

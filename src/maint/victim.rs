@@ -15,7 +15,7 @@ use crate::FsCache;
 
 /// How many entries one size critical section gives back at once: enough
 /// to amortise the section, few enough to stay far from the fd limit.
-const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 
 /// The last use of an entry: its lock file's atime.
 pub(crate) type LastUse = (i64, i64);

@@ -31,14 +31,29 @@ impl Worker {
     /// As `spawn`, with extra environment variables.
     #[track_caller]
     pub fn spawn_with(dir: &Path, env: &[(&str, &str)]) -> Worker {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fscache-worker"));
-        cmd.arg(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let mut cmd = Self::command(dir);
+        cmd.stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let mut w = Self::from_command(cmd);
+        w.expect("ready");
+        w
+    }
+
+    /// The command that starts a worker on `dir`, to adjust (a user id, a
+    /// wrapper) before [`Worker::from_command`].
+    pub fn command(dir: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fscache-worker"));
+        cmd.arg(dir);
+        cmd
+    }
+
+    /// Start `cmd` with piped stdin and stdout (stderr as `cmd` says). It
+    /// does not wait for `ready`: the caller reads that line.
+    #[track_caller]
+    pub fn from_command(mut cmd: Command) -> Worker {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn fscache-worker");
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -51,13 +66,24 @@ impl Worker {
                 }
             }
         });
-        let mut w = Worker {
+        Worker {
             child,
             stdin,
             lines,
-        };
-        w.expect("ready");
-        w
+        }
+    }
+
+    /// Tell the worker to exit; its exit status and what it wrote to stderr
+    /// (if stderr was piped).
+    pub fn finish(mut self) -> (ExitStatus, String) {
+        let _ = writeln!(self.stdin, "exit");
+        let _ = self.stdin.flush();
+        let status = self.child.wait().expect("reap worker");
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+        }
+        (status, err)
     }
 
     /// The next line the worker prints, waiting at most `STEP`.
