@@ -78,6 +78,7 @@ fn load_and_store(c: &mut Criterion) {
     c.bench_function("load_hit", |b| {
         b.iter(|| black_box(cache.load("hot").expect("load").expect("hit")))
     });
+    c.bench_function("load_floor_raw_syscalls", |b| load_floor(b, dir.path()));
     c.bench_function("load_miss", |b| {
         b.iter(|| black_box(cache.load("cold").expect("load")))
     });
@@ -91,6 +92,53 @@ fn load_and_store(c: &mut Criterion) {
     c.bench_function("stage", |b| {
         b.iter(|| black_box(cache.stage().expect("stage")))
     });
+}
+
+/// The floor a load cannot go below: the same system calls the protocol
+/// needs (open beneath, lock, fstat + stat for the safe-open check, stat of
+/// `object.info` and `data`, set the atime, unlock, close), made directly.
+fn load_floor(b: &mut criterion::Bencher<'_>, root: &std::path::Path) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    use nix::libc;
+    use rustix::fs::{
+        openat, openat2, statat, AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps,
+    };
+    let objects = openat(
+        rustix::fs::CWD,
+        root.join("objects"),
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .expect("open objects");
+    let lock = |l_type: libc::c_int| libc::flock {
+        l_type: l_type as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+    let now = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        last_modification: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+    };
+    b.iter(|| {
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+        let fd = openat2(&objects, "hot/object.lock", flags, Mode::empty(), resolve).expect("open");
+        fcntl(&fd, FcntlArg::F_OFD_SETLK(&lock(libc::F_RDLCK))).expect("lock");
+        black_box(rustix::fs::fstat(&fd).expect("fstat"));
+        black_box(statat(&objects, "hot/object.lock", AtFlags::SYMLINK_NOFOLLOW).expect("stat"));
+        black_box(statat(&objects, "hot/object.info", AtFlags::SYMLINK_NOFOLLOW).expect("stat"));
+        black_box(statat(&objects, "hot/data", AtFlags::SYMLINK_NOFOLLOW).expect("stat"));
+        rustix::fs::futimens(&fd, &now).expect("futimens");
+        fcntl(&fd, FcntlArg::F_OFD_SETLK(&lock(libc::F_UNLCK))).expect("unlock");
+    })
 }
 
 criterion_group!(benches, load_and_store, store_into_full_cache);
