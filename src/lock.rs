@@ -438,6 +438,7 @@ mod tests {
         // Replace the file while the waiter is blocked on the old one, then
         // let go of the old one: the waiter must end up on the new inode.
         std::fs::write(t.path().join("new"), b"").unwrap();
+        #[allow(clippy::disallowed_methods)] // a foreign replacement, as a test
         std::fs::rename(t.path().join("new"), &p).unwrap();
         drop(old);
         let got = waiter.join().unwrap().unwrap();

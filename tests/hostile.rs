@@ -10,6 +10,9 @@
 //! that has not answered in time is unblocked (we open the fifo for writing)
 //! and reported as a hang.
 
+// Planting and restoring hostile files is done with plain std::fs on purpose.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::BTreeMap;
