@@ -20,6 +20,12 @@ pub(crate) const OBJECTS: &str = "objects";
 pub(crate) const STAGE: &str = "stage";
 pub(crate) const DATA: &str = "data";
 
+/// Every name the cache root holds (FORMAT.md's layout); anything else
+/// there is not ours.
+pub const ROOT_LAYOUT: [&str; 6] = [
+    CACHE_TAG, CACHE_INFO, CACHE_LOCK, CACHE_SIZE, OBJECTS, STAGE,
+];
+
 pub(crate) const CACHE_TAG_CONTENT: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n\
 # This is a cache directory tag created by fscache (see https://bford.info/cachedir/)\n";
 

@@ -118,7 +118,7 @@ pub use cache::{Commit, CommitError, FsCache, LoadGuard, StageGuard, StoreGuard}
 pub use error::{Error, ErrorKind, Op, Result};
 pub use info::{
     parse_size, CacheInfo, MaxSize, ObjectInfo, DEFAULT_LOW_WATERMARK_PERCENT, LOW_WATERMARK_KEY,
-    VERSION_CURRENT, VERSION_MINIMUM,
+    ROOT_LAYOUT, VERSION_CURRENT, VERSION_MINIMUM,
 };
 pub use maint::{
     ClearReport, Eviction, GcOptions, GcReport, Reason, Removed, ResyncReport, Stats, SweepReport,

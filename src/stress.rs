@@ -259,21 +259,13 @@ pub fn check(cache: &FsCache, expect_exact: bool) -> Result<Vec<String>> {
             }
         }
     }
-    let layout = [
-        "CACHEDIR.TAG",
-        "cache.info",
-        "cache.lock",
-        "cache.size",
-        "objects",
-        "stage",
-    ];
     for entry in std::fs::read_dir(cache.path())
         .into_iter()
         .flatten()
         .flatten()
     {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !layout.contains(&name.as_str()) {
+        if !crate::ROOT_LAYOUT.contains(&name.as_str()) {
             violations.push(format!("stray file in the cache root: {name}"));
         }
     }

@@ -12,16 +12,6 @@ use fscache::FsCache;
 use libfuzzer_sys::fuzz_target;
 use tempfile::TempDir;
 
-/// What an empty cache's root holds.
-const ROOT: [&str; 6] = [
-    "CACHEDIR.TAG",
-    "cache.info",
-    "cache.lock",
-    "cache.size",
-    "objects",
-    "stage",
-];
-
 /// One empty cache per process: opening one per input would cost far more
 /// than the check. Statics are never dropped, so the directory outlives the
 /// process; `.ci/fuzz` points TMPDIR at a directory it removes.
@@ -61,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     let root = cache.path();
     assert_eq!(
         listing(root),
-        ROOT.map(String::from).into(),
+        fscache::ROOT_LAYOUT.map(String::from).into(),
         "root changed after {name:?}"
     );
     for dir in ["objects", "stage"] {

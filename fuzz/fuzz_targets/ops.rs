@@ -22,16 +22,6 @@ const MAX_STEPS: usize = 64;
 /// plans already evict (a new cache's maximum is 0: it stores nothing).
 const INITIAL_MAX: u64 = 256 << 10;
 
-/// Everything the cache root may hold.
-const ROOT: [&str; 6] = [
-    "CACHEDIR.TAG",
-    "cache.info",
-    "cache.lock",
-    "cache.size",
-    "objects",
-    "stage",
-];
-
 #[derive(Arbitrary, Debug)]
 enum Op {
     Store { key: u8, bytes: u16 },
@@ -239,7 +229,7 @@ fn run(
 fn check(root: &Path, ctx: &str) -> u64 {
     for name in listing(root) {
         assert!(
-            ROOT.contains(&name.as_str()),
+            fscache::ROOT_LAYOUT.contains(&name.as_str()),
             "{ctx}: {name:?} appeared in the cache root"
         );
     }
