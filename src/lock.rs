@@ -431,12 +431,32 @@ mod tests {
         let p = t.path().join("x.lock");
         std::fs::write(&p, b"").unwrap();
         let old = FileLock::open(&p, LockKind::Exclusive, Wait::Never).unwrap();
+        let (tx, tid) = std::sync::mpsc::channel();
         let waiter = {
             let p = p.clone();
-            thread::spawn(move || FileLock::open(&p, LockKind::Exclusive, Wait::Forever))
+            thread::spawn(move || {
+                // "PID/task/TID": where the kernel shows what we wait in.
+                tx.send(std::fs::read_link("/proc/thread-self").unwrap())
+                    .unwrap();
+                FileLock::open(&p, LockKind::Exclusive, Wait::Forever)
+            })
         };
-        // Replace the file while the waiter is blocked on the old one, then
-        // let go of the old one: the waiter must end up on the new inode.
+        // Wait until the waiter is blocked in fcntl on the old file, as the
+        // kernel reports it: then the replacement happens behind its back.
+        let syscall = Path::new("/proc").join(tid.recv().unwrap()).join("syscall");
+        let start = Instant::now();
+        while !std::fs::read_to_string(&syscall)
+            .unwrap()
+            .starts_with(&format!("{} ", libc::SYS_fcntl))
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the waiter never blocked"
+            );
+            thread::yield_now();
+        }
+        // Replace the file, then let go of the old one: the waiter must wake,
+        // see the replacement, and end up on the new inode.
         std::fs::write(t.path().join("new"), b"").unwrap();
         #[allow(clippy::disallowed_methods)] // a foreign replacement, as a test
         std::fs::rename(t.path().join("new"), &p).unwrap();
