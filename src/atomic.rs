@@ -540,14 +540,22 @@ impl<'a> AnonymousDir<'a> {
     }
 }
 
+/// Unlink the `object.info` of the entry `dir`: the step that makes an
+/// entry invalid. Returns whether there was one to unlink (a directory
+/// planted there is left for the removal of the contents, and was never
+/// accounted).
+pub(crate) fn unlink_info(dir: &Dir) -> Result<bool> {
+    match unlinkat(dir.as_fd(), crate::info::OBJECT_INFO, AtFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT) | Err(Errno::ISDIR) => Ok(false),
+        Err(e) => Err(e).at(Op::Unlink, || dir.join(crate::info::OBJECT_INFO)),
+    }
+}
+
 /// The removal protocol, for a directory whose lock the caller holds
 /// exclusively (or that nobody can lock any more).
 pub(crate) fn remove_entry(parent: &Dir, name: &str, dir: &Dir) -> Result<()> {
-    match unlinkat(dir.as_fd(), crate::info::OBJECT_INFO, AtFlags::empty()) {
-        // A directory planted there goes with the rest of the contents.
-        Ok(()) | Err(Errno::NOENT) | Err(Errno::ISDIR) => {}
-        Err(e) => return Err(e).at(Op::Unlink, || dir.join(crate::info::OBJECT_INFO)),
-    }
+    unlink_info(dir)?;
     crate::failpoint!("remove-after-info");
     tree::remove_contents(dir.as_fd(), dir.path(), Some(LOCK_FILE))?;
     crate::failpoint!("remove-before-lock");

@@ -16,7 +16,7 @@ pub const ALL: &[&str] = &[
     "size-after-rename",
     "commit-after-info",
     "commit-after-rename",
-    "taken-after-info-unlink",
+    "give-back-after-info-unlink",
     "remove-after-info",
     "remove-before-lock",
     "evict-after-info",

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{mkdirat, openat, unlinkat, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::atomic::{write_all, AnonymousDir};
+use crate::atomic::{unlink_info, write_all, AnonymousDir, Dir};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{MaxSize, ObjectInfo, DATA, OBJECT_INFO};
 use crate::name::validate_name;
@@ -239,12 +239,12 @@ impl<'c> StoreGuard<'c> {
                 Ok(Commit::Stored { size })
             }
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => {
-                cache.unaccount(entry, size)?;
+                cache.give_back(entry.dir(), size)?;
                 self.abort_in_place()?;
                 Ok(Commit::NameTaken)
             }
             Err(e) => {
-                cache.unaccount(entry, size)?;
+                cache.give_back(entry.dir(), size)?;
                 Err(Error::Rename {
                     from: entry.path().to_owned(),
                     to: objects.join(&self.name),
@@ -298,18 +298,18 @@ impl FsCache {
         Ok(true)
     }
 
-    /// In the size critical section: remove the entry's `object.info` and
-    /// give its size back.
-    pub(crate) fn unaccount(&self, entry: &AnonymousDir<'_>, size: u64) -> Result<()> {
+    /// In the size critical section: unlink the `object.info` of the entry
+    /// `dir` and give `size` back, if it had one. Returns the bytes given
+    /// back. `cache.size` is read first, so that a corrupt one fails before
+    /// the entry is touched.
+    pub(crate) fn give_back(&self, dir: &Dir, size: u64) -> Result<u64> {
         let mut size_lock = self.lock_size()?;
-        match unlinkat(entry.dir().as_fd(), OBJECT_INFO, AtFlags::empty()) {
-            Ok(()) => {}
-            // Not ours to give back if it was never there.
-            Err(Errno::NOENT) => return Ok(()),
-            Err(e) => return Err(e).at(Op::Unlink, || entry.path().join(OBJECT_INFO)),
-        }
-        crate::failpoint!("taken-after-info-unlink");
         let current = size_lock.value()?;
-        size_lock.set(current.saturating_sub(size))
+        if !unlink_info(dir)? {
+            return Ok(0);
+        }
+        crate::failpoint!("give-back-after-info-unlink");
+        size_lock.set(current.saturating_sub(size))?;
+        Ok(size)
     }
 }

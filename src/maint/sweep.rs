@@ -138,30 +138,12 @@ impl FsCache {
         };
         let mut bytes = 0;
         if accounted {
-            bytes = self.give_back_info(&entry)?;
+            let recorded = read_object_info(entry.as_fd(), OBJECT_INFO, &entry.join(OBJECT_INFO))?;
+            bytes = self.give_back(&entry, recorded.map_or(0, |i| i.size))?;
         }
         remove_entry(dir, name, &entry)?;
         drop(lock);
         Ok(Reaped::Removed(bytes))
-    }
-
-    /// In the size critical section: unlink `entry`'s `object.info`, if it
-    /// has one, and give its size back. Returns the bytes given back.
-    pub(crate) fn give_back_info(&self, entry: &Dir) -> Result<u64> {
-        let size = read_object_info(entry.as_fd(), OBJECT_INFO, &entry.join(OBJECT_INFO))?
-            .map_or(0, |i| i.size);
-        let mut size_lock = self.lock_size()?;
-        match unlinkat(entry.as_fd(), OBJECT_INFO, AtFlags::empty()) {
-            Ok(()) => {}
-            Err(Errno::NOENT) => return Ok(0),
-            // A directory planted as `object.info`: the removal of the
-            // entry takes it; it was never accounted.
-            Err(Errno::ISDIR) => return Ok(0),
-            Err(e) => return Err(e).at(Op::Unlink, || entry.join(OBJECT_INFO)),
-        }
-        let current = size_lock.value()?;
-        size_lock.set(current.saturating_sub(size))?;
-        Ok(size)
     }
 
     /// Remove the named entry `name` if it has no valid `object.info` and

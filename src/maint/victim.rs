@@ -2,10 +2,10 @@
 
 use std::os::fd::AsFd;
 
-use rustix::fs::{fstat, statat, unlinkat, AtFlags, FileType, OFlags};
+use rustix::fs::{fstat, statat, AtFlags, FileType, OFlags};
 use rustix::io::Errno;
 
-use crate::atomic::{remove_entry, Dir, LOCK_FILE};
+use crate::atomic::{remove_entry, unlink_info, Dir, LOCK_FILE};
 use crate::cache::read_object_info;
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::OBJECT_INFO;
@@ -153,13 +153,13 @@ impl FsCache {
         let mut given_back = 0u64;
         let mut invalidated = Vec::with_capacity(victims.len());
         for v in victims {
-            match unlinkat(v.dir.as_fd(), OBJECT_INFO, AtFlags::empty()) {
-                Ok(()) => given_back = given_back.saturating_add(v.size.unwrap_or(0)),
-                Err(Errno::NOENT) | Err(Errno::ISDIR) => {}
+            match unlink_info(&v.dir) {
+                Ok(true) => given_back = given_back.saturating_add(v.size.unwrap_or(0)),
+                Ok(false) => {}
                 Err(e) => {
                     // Give back what is already gone before failing.
                     size_lock.set(current.saturating_sub(given_back))?;
-                    return Err(e).at(Op::Unlink, || v.dir.join(OBJECT_INFO));
+                    return Err(e);
                 }
             }
             invalidated.push(v);
