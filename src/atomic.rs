@@ -172,7 +172,7 @@ impl Dir {
         temp: &Dir,
     ) -> Result<Written> {
         if replace == Replace::No {
-            if let Some(fd) = self.open_tmpfile()? {
+            if let Some(fd) = self.open_tmpfile(&self.join(name))? {
                 write_all(fd.as_fd(), content, &self.join(name))?;
                 return match self.link_tmpfile(fd.as_fd(), self.as_fd(), name, &self.join(name))? {
                     Some(()) => Ok(Written::Created),
@@ -316,7 +316,7 @@ impl Dir {
     /// already has a lock file or has been removed.
     pub(crate) fn link_new_lock(&self, dir: &Dir) -> Result<Option<FileLock>> {
         let lock_path = dir.join(LOCK_FILE);
-        if let Some(fd) = self.open_tmpfile()? {
+        if let Some(fd) = self.open_tmpfile(&lock_path)? {
             let lock = FileLock::acquire(fd, LockKind::Exclusive, Wait::Never, lock_path.clone())?;
             return Ok(self
                 .link_tmpfile(lock.as_fd(), dir.as_fd(), LOCK_FILE, &lock_path)?
@@ -366,8 +366,9 @@ impl Dir {
     }
 
     /// An unnamed file in this directory, or `None` where the file system
-    /// has no `O_TMPFILE`.
-    fn open_tmpfile(&self) -> Result<Option<OwnedFd>> {
+    /// has no `O_TMPFILE`. Errors name `becomes`, the file it is made to
+    /// be: an unnamed file has no path of its own a caller would know.
+    fn open_tmpfile(&self, becomes: &Path) -> Result<Option<OwnedFd>> {
         if !self.features.tmpfile.usable() {
             return Ok(None);
         }
@@ -382,7 +383,7 @@ impl Dir {
                 self.features.tmpfile.set(Support::No);
                 Ok(None)
             }
-            Err(e) => Err(e).at(Op::Create, || self.path.clone()),
+            Err(e) => Err(e).at(Op::Create, || becomes.to_owned()),
         }
     }
 
