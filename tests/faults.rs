@@ -609,15 +609,26 @@ fn a_worker_under_a_tiny_descriptor_limit_answers_errors_and_leaves_nothing_behi
         println!("SKIPPED descriptor-limit test: `prlimit` is not installed");
         return;
     };
-    // A stage holds two descriptors, so the step that runs out depends on
-    // the parity of what is left (the entry's directory, or its lock file);
-    // how many the worker inherits varies between machines. Try both.
-    for limit in [12, 13] {
-        worker_under_descriptor_limit(&prlimit, limit);
+    // The limit is set on the running worker, counted from the descriptors
+    // it holds once ready: how many it inherits varies between machines.
+    // A stage holds two, so the step that runs out depends on the parity of
+    // what is left (the entry's directory, or its lock file): try both.
+    for headroom in HEADROOMS {
+        worker_under_descriptor_limit(&prlimit, headroom);
     }
 }
 
-fn worker_under_descriptor_limit(prlimit: &Path, limit: u32) {
+/// Free descriptors given to the worker: a commit needs 3 at its peak;
+/// two values, one of each parity.
+const HEADROOMS: [usize; 2] = [5, 6];
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list the worker's descriptors")
+        .count()
+}
+
+fn worker_under_descriptor_limit(prlimit: &Path, headroom: usize) {
     let (_t, root) = new_cache(MaxSize::Unlimited);
     populate(&root);
     {
@@ -631,15 +642,19 @@ fn worker_under_descriptor_limit(prlimit: &Path, limit: u32) {
             assert!(owner.ask("commit").starts_with("stored"));
         }
     }
-    let mut cmd = Command::new(prlimit);
-    cmd.arg(format!("--nofile={limit}:{limit}"))
-        .arg(env!("CARGO_BIN_EXE_fscache-worker"))
-        .arg(&root);
     let mut w = {
+        let mut cmd = Worker::command(&root);
         cmd.stderr(Stdio::piped());
         Worker::from_command(cmd)
     };
     assert_eq!(w.next_line(), "ready");
+    let limit = open_descriptors(w.pid()) + headroom;
+    let status = Command::new(prlimit)
+        .arg(format!("--pid={}", w.pid()))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit --pid: {status:?}");
     // Hold staging entries (two descriptors each) until none is left.
     let mut staged = 0;
     let refusal = loop {
