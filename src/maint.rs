@@ -55,10 +55,7 @@ impl FsCache {
                 max.saturating_sub(size)
             };
             let need = (current.saturating_add(size)).saturating_sub(max);
-            if self
-                .evict_lru(current.saturating_sub(target).max(need))?
-                .is_empty()
-            {
+            if self.evict_lru(current.saturating_sub(target).max(need))? == 0 {
                 rounds = EVICTION_ROUNDS;
             } else {
                 rounds += 1;

@@ -103,6 +103,72 @@ fn a_full_cache_evicts_to_the_low_watermark_so_the_next_stores_need_no_scan() ->
 }
 
 #[test]
+fn eviction_gc_and_clear_remove_many_batches_in_lru_order_and_stay_exact() -> TestResult {
+    // Removals go in batches of 64 (one size section each); 150 entries
+    // make every removing path cross batch boundaries.
+    let (_t, root) = new_cache(MaxSize::Unlimited);
+    let cache = FsCache::open("fscache-tests", &root)?;
+    let lru: Vec<String> = (0..150).map(|i| format!("e{i:03}")).collect();
+    for (i, name) in (0..).zip(&lru) {
+        assert!(put(&cache, name, 1)?.is_stored());
+        set_last_use(&root, name, 1_000_000 + i);
+    }
+    let each = cache.accounted_size()? / 150;
+    cache.set_maximum_size(MaxSize::Bytes(each * 150))?;
+
+    // An entry of 70 others' size: eviction frees down to 90% with it in.
+    let big = cache.store("big")?;
+    let file = big.path().join("f");
+    std::fs::write(&file, vec![7u8; (each * 70 - each / 2) as usize])?;
+    assert!(big.commit().map_err(fscache::Error::from)?.is_stored());
+    let evicted = 150 - (entries(&root).len() - 1);
+    assert!(evicted > 64, "one batch is not enough: {evicted}");
+    let mut survivors = entries(&root);
+    survivors.retain(|n| n != "big");
+    assert_eq!(survivors, lru[evicted..], "the least recently used went");
+    assert_exact(&root);
+
+    // gc down to nothing, with one entry held: in LRU order, across batches.
+    let held = cache.load(&lru[140])?.expect("hit");
+    let report = cache.gc(&GcOptions {
+        max_size: Some(0),
+        ..GcOptions::default()
+    })?;
+    let mut expected: Vec<&str> = lru[evicted..].iter().map(String::as_str).collect();
+    expected.retain(|n| *n != lru[140]);
+    expected.push("big");
+    let removed: Vec<&str> = report.removed.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(removed, expected, "least recently used first");
+    assert!(report.removed.len() > 64);
+    assert_eq!(report.in_use, 1);
+    assert_eq!(
+        report.freed,
+        report.removed.iter().map(|r| r.size).sum::<u64>()
+    );
+    assert!(report
+        .removed
+        .iter()
+        .all(|r| r.reason == fscache::Reason::Size));
+    assert_eq!(entries(&root), [lru[140].clone()]);
+    assert_exact(&root);
+    drop(held);
+
+    // clear, across batches again.
+    cache.set_maximum_size(MaxSize::Unlimited)?;
+    for name in &lru[..130] {
+        assert!(put(&cache, name, 1)?.is_stored());
+    }
+    let before = cache.accounted_size()?;
+    let report = cache.clear()?;
+    assert_eq!((report.removed, report.in_use), (131, 0));
+    assert_eq!(report.freed, before);
+    assert!(entries(&root).is_empty());
+    assert_eq!(cache.accounted_size()?, 0);
+    assert_exact(&root);
+    Ok(())
+}
+
+#[test]
 fn a_reader_in_another_process_keeps_its_entry_through_gc_evict_and_clear() -> TestResult {
     let (_t, root) = new_cache(MaxSize::Unlimited);
     let cache = FsCache::open("fscache-tests", &root)?;

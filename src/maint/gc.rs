@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::Result;
 use crate::maint::stats::is_live;
+use crate::maint::victim::{Batch, Removal};
 use crate::maint::SweepReport;
 use crate::name::validate_name;
 use crate::FsCache;
@@ -134,30 +135,18 @@ impl FsCache {
             sweep: self.sweep_orphans()?,
             ..ClearReport::default()
         };
-        let mut batch = Vec::new();
+        let mut batch = Batch::new(self);
         for c in self.lru_candidates()? {
             match self.lock_victim(&c.name, None)? {
-                Some(v) => batch.push(v),
+                Some(v) => batch.push(v, ())?,
                 None => report.in_use += u64::from(self.entry_exists(&c.name)),
             }
-            if batch.len() >= crate::maint::victim::BATCH {
-                self.tally(&mut report, std::mem::take(&mut batch))?;
-            }
         }
-        self.tally(&mut report, batch)?;
-        Ok(report)
-    }
-
-    fn tally(
-        &self,
-        report: &mut ClearReport,
-        batch: Vec<crate::maint::victim::Victim>,
-    ) -> Result<()> {
-        for (_, size) in self.remove_victims(batch)? {
+        for removal in batch.finish()? {
             report.removed += 1;
-            report.freed += size;
+            report.freed += removal.size;
         }
-        Ok(())
+        Ok(report)
     }
 
     /// Collect garbage: sweep orphans, remove entries unused for longer
@@ -193,7 +182,7 @@ impl FsCache {
             .unwrap_or_default();
         let cutoff = options.max_age.map(|age| now.saturating_sub(age));
         let mut accounted = self.accounted_size().unwrap_or(0);
-        let mut batch = Vec::new();
+        let mut batch = Batch::new(self);
         for c in self.lru_candidates()? {
             let last = Duration::new(
                 c.last_use.0.max(0) as u64,
@@ -222,31 +211,21 @@ impl FsCache {
             }
             match self.lock_victim(&c.name, Some(c.last_use))? {
                 Some(v) => {
-                    let size = v.size.unwrap_or(0);
-                    accounted = accounted.saturating_sub(size);
-                    batch.push((v, reason));
+                    accounted = accounted.saturating_sub(v.size.unwrap_or(0));
+                    batch.push(v, reason)?;
                 }
                 None => report.in_use += 1,
             }
-            if batch.len() >= crate::maint::victim::BATCH {
-                self.remove_reasoned(&mut report, std::mem::take(&mut batch))?;
-            }
         }
-        self.remove_reasoned(&mut report, batch)?;
-        Ok(report)
-    }
-
-    fn remove_reasoned(
-        &self,
-        report: &mut GcReport,
-        batch: Vec<(crate::maint::victim::Victim, Reason)>,
-    ) -> Result<()> {
-        let (victims, reasons): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        for ((name, size), reason) in self.remove_victims(victims)?.into_iter().zip(reasons) {
+        for Removal { name, size, tag } in batch.finish()? {
             report.freed += size;
-            report.removed.push(Removed { name, size, reason });
+            report.removed.push(Removed {
+                name,
+                size,
+                reason: tag,
+            });
         }
-        Ok(())
+        Ok(report)
     }
 
     fn count_orphans(&self) -> Result<u64> {

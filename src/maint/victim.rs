@@ -15,7 +15,7 @@ use crate::FsCache;
 
 /// How many entries one size critical section gives back at once: enough
 /// to amortise the section, few enough to stay far from the fd limit.
-pub(crate) const BATCH: usize = 64;
+const BATCH: usize = 64;
 
 /// The last use of an entry: its lock file's atime.
 pub(crate) type LastUse = (i64, i64);
@@ -118,25 +118,20 @@ impl FsCache {
     }
 
     /// Evict least recently used entries until `want` bytes are freed or
-    /// none is left that is not in use. Returns what was removed.
-    pub(crate) fn evict_lru(&self, want: u64) -> Result<Vec<(String, u64)>> {
-        let mut removed = Vec::new();
+    /// none is left that is not in use. Returns how many were removed.
+    pub(crate) fn evict_lru(&self, want: u64) -> Result<usize> {
         let mut freed = 0u64;
-        let mut batch = Vec::new();
+        let mut batch = Batch::new(self);
         for c in self.lru_candidates()? {
             if freed >= want {
                 break;
             }
             if let Some(v) = self.lock_victim(&c.name, Some(c.last_use))? {
                 freed = freed.saturating_add(v.size.unwrap_or(0));
-                batch.push(v);
-                if batch.len() == BATCH {
-                    removed.extend(self.remove_victims(std::mem::take(&mut batch))?);
-                }
+                batch.push(v, ())?;
             }
         }
-        removed.extend(self.remove_victims(batch)?);
-        Ok(removed)
+        Ok(batch.finish()?.len())
     }
 
     /// The removal protocol for entries we hold: in one size critical
@@ -176,6 +171,56 @@ impl FsCache {
             removed.push((v.name, v.size.unwrap_or(0)));
         }
         Ok(removed)
+    }
+}
+
+/// Victims we hold, each with a caller's tag, removed [`BATCH`] at a time.
+pub(crate) struct Batch<'c, T> {
+    cache: &'c FsCache,
+    held: Vec<(Victim, T)>,
+    removed: Vec<Removal<T>>,
+}
+
+/// An entry a [`Batch`] removed, with the size it gave back.
+pub(crate) struct Removal<T> {
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) tag: T,
+}
+
+impl<'c, T> Batch<'c, T> {
+    pub(crate) fn new(cache: &'c FsCache) -> Self {
+        Batch {
+            cache,
+            held: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+
+    /// Add a victim; a full batch is removed at once.
+    pub(crate) fn push(&mut self, victim: Victim, tag: T) -> Result<()> {
+        self.held.push((victim, tag));
+        if self.held.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Remove what is held, and report every removal since [`Batch::new`].
+    pub(crate) fn finish(mut self) -> Result<Vec<Removal<T>>> {
+        self.flush()?;
+        Ok(self.removed)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let (victims, tags): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held).into_iter().unzip();
+        let gone = self.cache.remove_victims(victims)?;
+        self.removed.extend(
+            gone.into_iter()
+                .zip(tags)
+                .map(|((name, size), tag)| Removal { name, size, tag }),
+        );
+        Ok(())
     }
 }
 
