@@ -1,15 +1,17 @@
 //! Measuring and removing directory trees through descriptors, never
 //! following a symbolic link.
 
-use std::ffi::{CStr, OsStr};
+mod walk;
+
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustix::fs::{fchmod, fstat, openat, statat, AtFlags, Dir, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{IoContext, Op, Result};
+use walk::{walk, Here, Visit};
 
 /// Open the directory `name` in `parent` for listing, refusing a link.
 pub(crate) fn open_dir(parent: BorrowedFd<'_>, name: &str) -> rustix::io::Result<OwnedFd> {
@@ -56,59 +58,57 @@ pub(crate) fn occupied(st: &rustix::fs::Stat) -> u64 {
     (st.st_blocks as u64).saturating_mul(512)
 }
 
-/// A child's path, for messages.
-fn child_path(path: &Path, name: &CStr) -> PathBuf {
-    path.join(OsStr::from_bytes(name.to_bytes()))
-}
-
 fn is_dot(name: &CStr) -> bool {
     matches!(name.to_bytes(), b"." | b"..")
-}
-
-/// Open the directory `name` in `parent` for listing, refusing a link.
-fn open_child_dir(parent: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> {
-    openat(
-        parent,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
 }
 
 /// The space a tree occupies: `st_blocks * 512` summed over the directory
 /// `dir` itself and everything below it, links counted as links. Takes the
 /// descriptor so that listing it needs no second open.
 pub(crate) fn measure(dir: OwnedFd, path: &Path) -> Result<u64> {
-    let own = fstat(&dir).at(Op::Stat, || path.to_owned())?;
-    let mut total = occupied(&own);
-    let mut entries = Dir::new(dir).at(Op::ReadDir, || path.to_owned())?;
-    while let Some(entry) = entries.next() {
-        let entry = entry.at(Op::ReadDir, || path.to_owned())?;
-        let name = entry.file_name();
-        if is_dot(name) {
-            continue;
-        }
-        let fd = entries.fd().at(Op::ReadDir, || path.to_owned())?;
-        let is_dir = match entry.file_type() {
-            FileType::Directory => true,
-            FileType::Unknown => {
-                let st = statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
-                    .at(Op::Stat, || child_path(path, name))?;
-                FileType::from_raw_mode(st.st_mode) == FileType::Directory
+    let listing = Dir::new(dir).at(Op::ReadDir, || path.to_owned())?;
+    let mut measure = Measure { total: 0 };
+    walk(listing, path, &mut measure)?;
+    Ok(measure.total)
+}
+
+struct Measure {
+    total: u64,
+}
+
+impl Visit for Measure {
+    const SKIP_VANISHED: bool = false;
+
+    fn enter(&mut self, dir: &mut Dir, here: &Here<'_>) -> Result<Vec<CString>> {
+        let fd = dir.fd().at(Op::ReadDir, || here.dir())?;
+        let own = fstat(fd).at(Op::Stat, || here.dir())?;
+        self.total = self.total.saturating_add(occupied(&own));
+        let mut subdirs = Vec::new();
+        while let Some(entry) = dir.next() {
+            let entry = entry.at(Op::ReadDir, || here.dir())?;
+            let name = entry.file_name();
+            if is_dot(name) {
+                continue;
             }
-            _ => false,
-        };
-        let size = if is_dir {
-            let sub = open_child_dir(fd, name).at(Op::Open, || child_path(path, name))?;
-            measure(sub, &child_path(path, name))?
-        } else {
-            let st = statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
-                .at(Op::Stat, || child_path(path, name))?;
-            occupied(&st)
-        };
-        total = total.saturating_add(size);
+            if entry.file_type() == FileType::Directory {
+                subdirs.push(name.to_owned());
+                continue;
+            }
+            let fd = dir.fd().at(Op::ReadDir, || here.dir())?;
+            let st =
+                statat(fd, name, AtFlags::SYMLINK_NOFOLLOW).at(Op::Stat, || here.child(name))?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                subdirs.push(name.to_owned());
+            } else {
+                self.total = self.total.saturating_add(occupied(&st));
+            }
+        }
+        Ok(subdirs)
     }
-    Ok(total)
+
+    fn leave(&mut self, _: BorrowedFd<'_>, _: &CStr, _: &Here<'_>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Remove everything in `dir` except the entry named `keep`. Entries that
@@ -119,49 +119,55 @@ pub(crate) fn remove_contents(dir: BorrowedFd<'_>, path: &Path, keep: Option<&st
         Err(Errno::NOENT) => return Ok(()),
         Err(e) => return Err(e).at(Op::ReadDir, || path.to_owned()),
     };
-    remove_listed(listing, path, keep)
+    walk(listing, path, &mut Remove { keep })
 }
 
-/// Remove what `listing` lists: one pass, since entries we have not
-/// touched are still listed after unlinks.
-fn remove_listed(mut listing: Dir, path: &Path, keep: Option<&str>) -> Result<()> {
-    while let Some(entry) = listing.next() {
-        let entry = entry.at(Op::ReadDir, || path.to_owned())?;
-        let dir = listing.fd().at(Op::ReadDir, || path.to_owned())?;
-        let name = entry.file_name();
-        if is_dot(name) || keep.is_some_and(|k| k.as_bytes() == name.to_bytes()) {
-            continue;
-        }
-        let is_dir = match entry.file_type() {
-            FileType::Directory => true,
-            FileType::Unknown => matches!(
-                statat(dir, name, AtFlags::SYMLINK_NOFOLLOW),
-                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory
-            ),
-            _ => false,
-        };
-        if is_dir {
-            match open_child_dir(dir, name) {
-                Ok(sub) => {
-                    let sub_path = child_path(path, name);
-                    let listing = Dir::new(sub).at(Op::ReadDir, || sub_path.clone())?;
-                    remove_listed(listing, &sub_path, None)?;
-                }
-                Err(Errno::NOENT) => continue,
-                Err(e) => return Err(e).at(Op::Open, || child_path(path, name)),
+struct Remove<'k> {
+    /// An entry of the root to leave in place.
+    keep: Option<&'k str>,
+}
+
+impl Visit for Remove<'_> {
+    const SKIP_VANISHED: bool = true;
+
+    /// Unlink every file while listing: one pass, since entries not yet
+    /// reached stay listed after an unlink.
+    fn enter(&mut self, dir: &mut Dir, here: &Here<'_>) -> Result<Vec<CString>> {
+        let keep = self.keep.filter(|_| here.depth == 0).map(str::as_bytes);
+        let mut subdirs = Vec::new();
+        while let Some(entry) = dir.next() {
+            let entry = entry.at(Op::ReadDir, || here.dir())?;
+            let name = entry.file_name();
+            if is_dot(name) || keep == Some(name.to_bytes()) {
+                continue;
+            }
+            let fd = dir.fd().at(Op::ReadDir, || here.dir())?;
+            let is_dir = match entry.file_type() {
+                FileType::Directory => true,
+                FileType::Unknown => matches!(
+                    statat(fd, name, AtFlags::SYMLINK_NOFOLLOW),
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory
+                ),
+                _ => false,
+            };
+            if is_dir {
+                subdirs.push(name.to_owned());
+                continue;
+            }
+            match unlink_writable(fd, name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(e).at(Op::Unlink, || here.child(name)),
             }
         }
-        let (flags, op) = if is_dir {
-            (AtFlags::REMOVEDIR, Op::RemoveDir)
-        } else {
-            (AtFlags::empty(), Op::Unlink)
-        };
-        match unlink_writable(dir, name, flags) {
-            Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => return Err(e).at(op, || child_path(path, name)),
+        Ok(subdirs)
+    }
+
+    fn leave(&mut self, parent: BorrowedFd<'_>, name: &CStr, here: &Here<'_>) -> Result<()> {
+        match unlink_writable(parent, name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(e).at(Op::RemoveDir, || here.child(name)),
         }
     }
-    Ok(())
 }
 
 /// `unlinkat`, making `dir` writable first if that is all that stops it (a
