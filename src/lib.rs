@@ -85,13 +85,15 @@
 //! and never follows a symbolic link found inside the cache
 //! (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or `O_NOFOLLOW` at
 //! each step on older kernels); removal never leaves the cache. Entry names
-//! are single path components ([`validate_name`]). The cache is meant for
-//! cooperating users: anyone who can write to it can delete entries.
+//! are single path components ([`validate_name`]). Trees are measured
+//! and removed by a loop that holds at most 17 descriptors whatever their
+//! depth, and that stops rather than follow a directory moved out of the
+//! tree under it. The cache is meant for cooperating users: anyone who can
+//! write to it can delete entries.
 //!
 //! # Limitations
 //!
-//! Linux only (OFD locks, `renameat2`, `openat2`, `O_TMPFILE`). Removing a
-//! tree deeper than the open-file limit fails with `EMFILE`.
+//! Linux only (OFD locks, `renameat2`, `openat2`, `O_TMPFILE`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
