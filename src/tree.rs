@@ -14,7 +14,10 @@ use crate::error::{IoContext, Op, Result};
 use walk::{walk, Here, Visit};
 
 /// Open the directory `name` in `parent` for listing, refusing a link.
-pub(crate) fn open_dir(parent: BorrowedFd<'_>, name: &str) -> rustix::io::Result<OwnedFd> {
+pub(crate) fn open_dir<P: rustix::path::Arg>(
+    parent: BorrowedFd<'_>,
+    name: P,
+) -> rustix::io::Result<OwnedFd> {
     openat(
         parent,
         name,

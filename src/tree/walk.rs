@@ -12,13 +12,14 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{fstat, openat, Dir, Mode, OFlags};
+use rustix::fs::{fstat, Dir};
 use rustix::io::Errno;
 
+use super::open_dir;
 use crate::error::{Error, IoContext, Op, Result};
 
 /// How many of the innermost directories keep their descriptor.
@@ -83,16 +84,6 @@ struct Trail<'p> {
     levels: Vec<Level>,
 }
 
-/// Open the directory `name` in `parent` for listing, refusing a link.
-pub(super) fn open_child_dir(parent: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> {
-    openat(
-        parent,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-}
-
 /// Walk the tree whose root `root` lists, depth first, never following a
 /// link.
 pub(super) fn walk<V: Visit>(root: Dir, root_path: &Path, visit: &mut V) -> Result<()> {
@@ -104,7 +95,7 @@ pub(super) fn walk<V: Visit>(root: Dir, root_path: &Path, visit: &mut V) -> Resu
     loop {
         let depth = trail.levels.len() - 1;
         if let Some(name) = trail.levels[depth].pending.pop() {
-            let opened = open_child_dir(trail.innermost()?, &name);
+            let opened = open_dir(trail.innermost()?, &name);
             let fd = match opened {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) if V::SKIP_VANISHED => continue,
@@ -191,7 +182,7 @@ impl Trail<'_> {
                 unreachable!("the innermost level is open once entered")
             };
             let inner = fd_of(inner, || self.child_path(depth, &done.name))?;
-            let fd = open_child_dir(inner, c"..").at(Op::Open, || self.dir_path(depth))?;
+            let fd = open_dir(inner, c"..").at(Op::Open, || self.dir_path(depth))?;
             let st = fstat(&fd).at(Op::Stat, || self.dir_path(depth))?;
             if (st.st_dev, st.st_ino) != id {
                 return Err(Error::Io {
@@ -256,14 +247,7 @@ mod tests {
     }
 
     fn open(path: &Path) -> Dir {
-        Dir::new(
-            open_child_dir(
-                rustix::fs::CWD,
-                &CString::new(path.as_os_str().as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        )
-        .unwrap()
+        Dir::new(open_dir(rustix::fs::CWD, path).unwrap()).unwrap()
     }
 
     #[test]
