@@ -7,7 +7,7 @@ mod common;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 use fscache::{Commit, Eviction, FsCache, MaxSize};
@@ -117,12 +117,6 @@ fn a_tree_deeper_than_the_stack_allows_is_measured_evicted_and_swept() -> TestRe
     Ok(())
 }
 
-fn prlimit() -> Option<String> {
-    let out = Command::new("which").arg("prlimit").output().ok()?;
-    let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-    (out.status.success() && !path.is_empty()).then_some(path)
-}
-
 #[test]
 fn a_tree_deeper_than_the_descriptor_limit_is_measured_evicted_and_swept() {
     const DEPTH: usize = 400;
@@ -139,16 +133,7 @@ fn a_tree_deeper_than_the_descriptor_limit_is_measured_evicted_and_swept() {
     };
     assert_eq!(w.next_line(), "ready");
     // Far fewer descriptors than the tree has levels.
-    let held = std::fs::read_dir(format!("/proc/{}/fd", w.pid()))
-        .expect("list the worker's descriptors")
-        .count();
-    let limit = held + HEADROOM;
-    let status = Command::new(prlimit)
-        .arg(format!("--pid={}", w.pid()))
-        .arg(format!("--nofile={limit}:{limit}"))
-        .status()
-        .expect("run prlimit");
-    assert!(status.success(), "prlimit --pid: {status:?}");
+    w.limit_descriptors(&prlimit, HEADROOM);
 
     let data = w.ask("store deep 1000");
     let data = data.strip_prefix("storing ").expect("a store guard");

@@ -597,12 +597,6 @@ fn an_unprivileged_user_of_a_root_owned_cache_reads_hits_and_gets_errors_naming_
 // Running out of file descriptors.
 // ---------------------------------------------------------------------------
 
-fn prlimit() -> Option<PathBuf> {
-    let out = Command::new("which").arg("prlimit").output().ok()?;
-    let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-    (out.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
-}
-
 #[test]
 fn a_worker_under_a_tiny_descriptor_limit_answers_errors_and_leaves_nothing_behind() {
     let Some(prlimit) = prlimit() else {
@@ -621,12 +615,6 @@ fn a_worker_under_a_tiny_descriptor_limit_answers_errors_and_leaves_nothing_behi
 /// Free descriptors given to the worker: a commit needs 3 at its peak;
 /// two values, one of each parity.
 const HEADROOMS: [usize; 2] = [5, 6];
-
-fn open_descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("list the worker's descriptors")
-        .count()
-}
 
 fn worker_under_descriptor_limit(prlimit: &Path, headroom: usize) {
     let (_t, root) = new_cache(MaxSize::Unlimited);
@@ -648,13 +636,7 @@ fn worker_under_descriptor_limit(prlimit: &Path, headroom: usize) {
         Worker::from_command(cmd)
     };
     assert_eq!(w.next_line(), "ready");
-    let limit = open_descriptors(w.pid()) + headroom;
-    let status = Command::new(prlimit)
-        .arg(format!("--pid={}", w.pid()))
-        .arg(format!("--nofile={limit}:{limit}"))
-        .status()
-        .expect("run prlimit");
-    assert!(status.success(), "prlimit --pid: {status:?}");
+    let limit = w.limit_descriptors(prlimit, headroom);
     // Hold staging entries (two descriptors each) until none is left.
     let mut staged = 0;
     let refusal = loop {

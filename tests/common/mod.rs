@@ -163,6 +163,24 @@ impl Worker {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Leave the worker `headroom` descriptors beyond those it holds now
+    /// (what it inherits varies between machines), through `prlimit
+    /// --pid`. Returns the limit set.
+    #[track_caller]
+    pub fn limit_descriptors(&self, prlimit: &Path, headroom: usize) -> usize {
+        let held = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("list the worker's descriptors")
+            .count();
+        let limit = held + headroom;
+        let status = Command::new(prlimit)
+            .arg(format!("--pid={}", self.pid()))
+            .arg(format!("--nofile={limit}:{limit}"))
+            .status()
+            .expect("run prlimit");
+        assert!(status.success(), "prlimit --pid: {status:?}");
+        limit
+    }
 }
 
 impl Drop for Worker {
@@ -170,6 +188,13 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `prlimit` from util-linux, if it is installed.
+pub fn prlimit() -> Option<PathBuf> {
+    let out = Command::new("which").arg("prlimit").output().ok()?;
+    let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
 }
 
 /// The names in `dir`, sorted.
