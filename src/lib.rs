@@ -124,6 +124,7 @@ pub use info::{
 };
 pub use maint::{
     ClearReport, Eviction, GcOptions, GcReport, Reason, Removed, ResyncReport, Stats, SweepReport,
+    Unremovable,
 };
 pub use name::{validate_name, MAX_NAME_LEN};
 

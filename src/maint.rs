@@ -10,7 +10,7 @@ mod victim;
 
 pub use gc::{ClearReport, Eviction, GcOptions, GcReport, Reason, Removed};
 pub use stats::{ResyncReport, Stats};
-pub use sweep::SweepReport;
+pub use sweep::{SweepReport, Unremovable};
 
 use crate::error::Result;
 use crate::info::{CacheInfo, MaxSize};

@@ -574,7 +574,7 @@ fn an_unprivileged_user_of_a_root_owned_cache_reads_hits_and_gets_errors_naming_
         );
     }
     // An idle sweep only reads.
-    assert_eq!(user.ask("sweep"), "swept 0 0 0");
+    assert_eq!(user.ask("sweep"), "swept 0 0 0 0");
     assert_eq!(user.ask("release"), "released");
     let (status, stderr) = user.finish();
     assert!(status.success(), "the worker exits cleanly: {status:?}");
@@ -591,6 +591,90 @@ fn an_unprivileged_user_of_a_root_owned_cache_reads_hits_and_gets_errors_naming_
     for name in ["k1", "k2"] {
         assert!(owner.ask(&format!("load {name}")).starts_with("hit "));
     }
+}
+
+/// Give `path` and everything below it to `uid`.
+fn chown_tree(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).expect("chown");
+    if std::fs::symlink_metadata(path).expect("stat").is_dir() {
+        for entry in std::fs::read_dir(path).expect("list") {
+            chown_tree(&entry.expect("entry").path(), uid);
+        }
+    }
+}
+
+#[test]
+fn an_orphan_its_sweeper_cannot_remove_is_reported_and_stops_no_other_sweep() {
+    if !is_root() {
+        println!("SKIPPED unremovable-orphan test: it needs root to drop to uid {NOBODY}");
+        return;
+    }
+    let t = tempfile::Builder::new()
+        .prefix("fscache-stuck-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let root = t.path().join("cache");
+    FsCache::open(APP, &root)
+        .expect("create")
+        .set_maximum_size(MaxSize::Unlimited)
+        .expect("max");
+    // Three dead orphans: one accounted, with root's files inside, which
+    // nobody may remove; and two that nobody may.
+    let objects = root.join("objects");
+    let stuck = objects.join("uuid-00000000000000000000000000000001");
+    let free = objects.join("uuid-00000000000000000000000000000002");
+    let staged = root.join("stage/uuid-00000000000000000000000000000003");
+    for orphan in [&stuck, &free, &staged] {
+        std::fs::create_dir_all(orphan.join("data")).expect("plant");
+        std::fs::write(orphan.join("object.lock"), "").expect("plant");
+        std::fs::write(orphan.join("data/f"), "x").expect("plant");
+    }
+    std::fs::write(stuck.join("object.info"), r#"{"size": 4096}"#).expect("plant");
+    std::fs::write(root.join("cache.size"), "4096").expect("account it");
+    chown_tree(&root, NOBODY);
+    std::fs::create_dir(stuck.join("data/roots")).expect("plant");
+    std::fs::write(stuck.join("data/roots/file"), "root's").expect("plant");
+    assert_exact(&root);
+
+    let mut cmd = Worker::command(&root);
+    cmd.uid(NOBODY).gid(NOBODY);
+    let mut user = {
+        cmd.stderr(Stdio::piped());
+        Worker::from_command(cmd)
+    };
+    assert_eq!(user.next_line(), "ready");
+    let roots = stuck.join("data/roots/file");
+    assert_eq!(
+        user.ask("sweep"),
+        format!(
+            "swept 2 0 4096 1; `{}` stays: failed to remove `{}`: {}",
+            stuck.display(),
+            roots.display(),
+            std::io::Error::from_raw_os_error(Errno::PERM.raw_os_error())
+        ),
+        "the others are swept, the stuck one is given back and reported"
+    );
+    assert!(!free.exists() && !staged.exists());
+    assert!(roots.exists());
+    assert_exact(&root);
+    // Given back once only; and everything that sweeps first still works.
+    assert!(user.ask("sweep").starts_with("swept 0 0 0 1; "));
+    assert_eq!(user.ask("resync"), "resynced Some(0) 0");
+    assert_eq!(user.ask("clear"), "cleared 0 0");
+    assert!(user.ask("store new 100").starts_with("storing "));
+    let got = user.ask("commit");
+    assert!(got.starts_with("stored "), "{got}");
+    let (status, stderr) = user.finish();
+    assert!(status.success(), "{status:?} {stderr}");
+    assert_exact(&root);
+
+    // Root may remove it.
+    let cache = FsCache::open(APP, &root).expect("open");
+    let report = cache.sweep_orphans().expect("sweep");
+    assert_eq!((report.orphan_dirs, report.unremovable.len()), (1, 0));
+    assert!(!stuck.exists());
+    assert_exact(&root);
 }
 
 // ---------------------------------------------------------------------------

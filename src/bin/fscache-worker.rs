@@ -115,10 +115,17 @@ impl Worker {
             },
             ["sweep"] => {
                 let r = self.cache.sweep_orphans()?;
-                format!(
-                    "swept {} {} {}",
-                    r.orphan_dirs, r.orphan_files, r.bytes_given_back
-                )
+                let mut reply = format!(
+                    "swept {} {} {} {}",
+                    r.orphan_dirs,
+                    r.orphan_files,
+                    r.bytes_given_back,
+                    r.unremovable.len()
+                );
+                for stuck in &r.unremovable {
+                    reply += &format!("; `{}` stays: {stuck}", stuck.entry.display());
+                }
+                reply
             }
             ["resync"] => {
                 let r = self.cache.resync()?;

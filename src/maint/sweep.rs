@@ -1,7 +1,9 @@
 //! The orphan sweep: anonymous entries and files whose lock nobody holds
 //! belong to dead processes.
 
+use std::fmt;
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 
 use rustix::fs::{statat, unlinkat, AtFlags, FileType};
 use rustix::io::Errno;
@@ -32,6 +34,34 @@ pub struct SweepReport {
     pub bytes_given_back: u64,
     /// Anonymous entries skipped because their owner is alive.
     pub live: u64,
+    /// Orphans found dead but not removed: another user's files inside
+    /// them, say. Each was given back first, so the accounting is right;
+    /// the sweep goes on past them.
+    pub unremovable: Vec<Unremovable>,
+}
+
+/// An orphan that [`FsCache::sweep_orphans`] could not remove, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unremovable {
+    /// The orphan.
+    pub entry: PathBuf,
+    /// The file or directory in it where removal failed.
+    pub path: PathBuf,
+    /// The operation that failed there.
+    pub op: Op,
+    /// The system error (`errno`), where there was one.
+    pub errno: Option<i32>,
+}
+
+impl fmt::Display for Unremovable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "failed to {} `{}`", self.op, self.path.display())?;
+        match self.errno {
+            Some(errno) => write!(f, ": {}", std::io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// How many times an orphan is re-examined when a creator keeps racing us.
@@ -52,7 +82,9 @@ impl FsCache {
     ///
     /// [`Error::UnsupportedVersion`] if the cache's version is unsupported
     /// (only `stage/` would be safe to touch, and we do not guess);
-    /// [`Error::Io`] on I/O failure.
+    /// [`Error::Io`] on I/O failure. An orphan that is dead but cannot be
+    /// removed (another user's files in it, say) is no error: it is given
+    /// back, listed in [`SweepReport::unremovable`], and the sweep goes on.
     ///
     /// # Examples
     ///
@@ -78,6 +110,10 @@ impl FsCache {
                                 report.orphan_dirs += 1;
                                 report.bytes_given_back += bytes;
                                 report.from_previous_boot += u64::from(old);
+                            }
+                            Reaped::Stuck(bytes, why) => {
+                                report.bytes_given_back += bytes;
+                                report.unremovable.push(why);
                             }
                             Reaped::Live => report.live += 1,
                             Reaped::Gone => {}
@@ -141,9 +177,24 @@ impl FsCache {
             let recorded = read_object_info(entry.as_fd(), OBJECT_INFO, &entry.join(OBJECT_INFO))?;
             bytes = self.give_back(&entry, recorded.map_or(0, |i| i.size))?;
         }
-        remove_entry(dir, name, &entry)?;
+        // Whatever stops the removal of one orphan (another user's files
+        // in it, a directory moved under the walk) must not stop the sweep
+        // of all the others, nor everything that sweeps first.
+        let reaped = match remove_entry(dir, name, &entry) {
+            Ok(()) => Reaped::Removed(bytes),
+            Err(Error::Io { op, path, source }) => Reaped::Stuck(
+                bytes,
+                Unremovable {
+                    entry: entry.path().to_owned(),
+                    path,
+                    op,
+                    errno: source.raw_os_error(),
+                },
+            ),
+            Err(e) => return Err(e),
+        };
         drop(lock);
-        Ok(Reaped::Removed(bytes))
+        Ok(reaped)
     }
 
     /// Remove the named entry `name` if it has no valid `object.info` and
@@ -169,7 +220,10 @@ impl FsCache {
 }
 
 enum Reaped {
+    /// Removed, giving back this many bytes.
     Removed(u64),
+    /// Given back, but not removed.
+    Stuck(u64, Unremovable),
     Live,
     Gone,
 }

@@ -214,6 +214,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     report.sweep.orphan_dirs + report.sweep.orphan_files
                 }
             );
+            warn_unremovable(&report.sweep);
         }
         Command::Evict { dir, names } => {
             let cache = open(dir)?;
@@ -238,6 +239,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 "removed {} entries, {} bytes; {} in use",
                 r.removed, r.freed, r.in_use
             );
+            warn_unremovable(&r.sweep);
         }
         Command::Sweep { dir } => {
             let r = open(dir)?.sweep_orphans()?;
@@ -245,11 +247,13 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 "removed {} orphan directories, {} temporary files ({} from previous boots), {} invalid entries; gave back {} bytes; {} in progress",
                 r.orphan_dirs, r.orphan_files, r.from_previous_boot, r.invalid_entries, r.bytes_given_back, r.live
             );
+            warn_unremovable(&r);
         }
         Command::Resync { dir } => {
             let r = open(dir)?.resync()?;
             let before = r.before.map_or("corrupt".into(), |b| b.to_string());
             println!("cache.size: {before} -> {}", r.after);
+            warn_unremovable(&r.sweep);
         }
         Command::Stress(args) => return stress::run(&cli.app_id, args),
         Command::StressWorker(args) => return stress::worker(&cli.app_id, args),
@@ -269,6 +273,14 @@ fn main() -> ExitCode {
             }
             ExitCode::from(2)
         }
+    }
+}
+
+/// Orphans a sweep found dead but could not remove stay until someone with
+/// the rights to remove them sweeps; say which, and why.
+fn warn_unremovable(sweep: &fscache::SweepReport) {
+    for stuck in &sweep.unremovable {
+        eprintln!("warning: orphan `{}` stays: {stuck}", stuck.entry.display());
     }
 }
 
