@@ -632,9 +632,15 @@ fn an_orphan_its_sweeper_cannot_remove_is_reported_and_stops_no_other_sweep() {
     }
     std::fs::write(stuck.join("object.info"), r#"{"size": 4096}"#).expect("plant");
     std::fs::write(root.join("cache.size"), "4096").expect("account it");
+    // And a named entry whose removal was cut short: no object.info.
+    let broken = objects.join("broken");
+    std::fs::create_dir_all(broken.join("data")).expect("plant");
+    std::fs::write(broken.join("object.lock"), "").expect("plant");
     chown_tree(&root, NOBODY);
-    std::fs::create_dir(stuck.join("data/roots")).expect("plant");
-    std::fs::write(stuck.join("data/roots/file"), "root's").expect("plant");
+    for entry in [&stuck, &broken] {
+        std::fs::create_dir(entry.join("data/roots")).expect("plant");
+        std::fs::write(entry.join("data/roots/file"), "root's").expect("plant");
+    }
     assert_exact(&root);
 
     let mut cmd = Worker::command(&root);
@@ -644,24 +650,31 @@ fn an_orphan_its_sweeper_cannot_remove_is_reported_and_stops_no_other_sweep() {
         Worker::from_command(cmd)
     };
     assert_eq!(user.next_line(), "ready");
-    let roots = stuck.join("data/roots/file");
-    assert_eq!(
-        user.ask("sweep"),
-        format!(
-            "swept 2 0 4096 1; `{}` stays: failed to remove `{}`: {}",
-            stuck.display(),
-            roots.display(),
-            std::io::Error::from_raw_os_error(Errno::PERM.raw_os_error())
-        ),
-        "the others are swept, the stuck one is given back and reported"
+    let swept = user.ask("sweep");
+    assert!(
+        swept.starts_with("swept 2 0 4096 2; "),
+        "the others are swept, the stuck ones are given back and reported: {swept}"
     );
+    for entry in [&stuck, &broken] {
+        let why = format!(
+            "`{}` stays: failed to remove `{}`: {}",
+            entry.display(),
+            entry.join("data/roots/file").display(),
+            std::io::Error::from_raw_os_error(Errno::PERM.raw_os_error())
+        );
+        assert!(swept.contains(&why), "{why} in {swept}");
+        assert!(entry.join("data/roots/file").exists());
+    }
     assert!(!free.exists() && !staged.exists());
-    assert!(roots.exists());
     assert_exact(&root);
     // Given back once only; and everything that sweeps first still works.
-    assert!(user.ask("sweep").starts_with("swept 0 0 0 1; "));
+    assert!(user.ask("sweep").starts_with("swept 0 0 0 2; "));
     assert_eq!(user.ask("resync"), "resynced Some(0) 0");
-    assert_eq!(user.ask("clear"), "cleared 0 0");
+    assert_eq!(
+        user.ask("clear"),
+        "cleared 0 0 1",
+        "the cut-short entry is not counted as removed"
+    );
     assert!(user.ask("store new 100").starts_with("storing "));
     let got = user.ask("commit");
     assert!(got.starts_with("stored "), "{got}");
@@ -672,8 +685,15 @@ fn an_orphan_its_sweeper_cannot_remove_is_reported_and_stops_no_other_sweep() {
     // Root may remove it.
     let cache = FsCache::open(APP, &root).expect("open");
     let report = cache.sweep_orphans().expect("sweep");
-    assert_eq!((report.orphan_dirs, report.unremovable.len()), (1, 0));
-    assert!(!stuck.exists());
+    assert_eq!(
+        (
+            report.orphan_dirs,
+            report.invalid_entries,
+            report.unremovable.len()
+        ),
+        (1, 1, 0)
+    );
+    assert!(!stuck.exists() && !broken.exists());
     assert_exact(&root);
 }
 

@@ -133,7 +133,7 @@ impl Worker {
             }
             ["clear"] => {
                 let r = self.cache.clear()?;
-                format!("cleared {} {}", r.removed, r.in_use)
+                format!("cleared {} {} {}", r.removed, r.in_use, r.unremovable.len())
             }
             ["gc", max] => {
                 let options = GcOptions {

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::Result;
 use crate::maint::stats::is_live;
 use crate::maint::victim::{Batch, Removal};
-use crate::maint::SweepReport;
+use crate::maint::{SweepReport, Unremovable};
 use crate::name::validate_name;
 use crate::FsCache;
 
@@ -70,6 +70,9 @@ pub struct GcReport {
     pub sweep: SweepReport,
     /// In a dry run, the orphans a sweep would remove.
     pub orphans_found: u64,
+    /// Entries taken out of the cache (given back, counted in `freed`)
+    /// whose files could not all be removed: another user's, say.
+    pub unremovable: Vec<Unremovable>,
 }
 
 /// What [`FsCache::clear`] did.
@@ -84,6 +87,9 @@ pub struct ClearReport {
     pub in_use: u64,
     /// What the orphan sweep removed.
     pub sweep: SweepReport,
+    /// Entries taken out of the cache (given back, counted in `freed`)
+    /// whose files could not all be removed: another user's, say.
+    pub unremovable: Vec<Unremovable>,
 }
 
 impl FsCache {
@@ -109,9 +115,11 @@ impl FsCache {
         self.require_supported()?;
         match self.lock_victim(name, None)? {
             Some(v) => {
+                // Left-overs it could not remove are debris that sweeps
+                // report; the entry itself is gone.
                 let removed = self.remove_victims(vec![v])?;
                 Ok(Eviction::Removed {
-                    size: removed.first().map_or(0, |(_, s)| *s),
+                    size: removed.first().map_or(0, |gone| gone.size),
                 })
             }
             None if self.entry_exists(name) => Ok(Eviction::InUse),
@@ -142,9 +150,12 @@ impl FsCache {
                 None => report.in_use += u64::from(self.entry_exists(&c.name)),
             }
         }
-        for removal in batch.finish()? {
-            report.removed += 1;
-            report.freed += removal.size;
+        for Removal { gone, .. } in batch.finish()? {
+            report.freed += gone.size;
+            match gone.stuck {
+                None => report.removed += 1,
+                Some(why) => report.unremovable.push(why),
+            }
         }
         Ok(report)
     }
@@ -217,13 +228,16 @@ impl FsCache {
                 None => report.in_use += 1,
             }
         }
-        for Removal { name, size, tag } in batch.finish()? {
-            report.freed += size;
-            report.removed.push(Removed {
-                name,
-                size,
-                reason: tag,
-            });
+        for Removal { gone, tag } in batch.finish()? {
+            report.freed += gone.size;
+            match gone.stuck {
+                None => report.removed.push(Removed {
+                    name: gone.name,
+                    size: gone.size,
+                    reason: tag,
+                }),
+                Some(why) => report.unremovable.push(why),
+            }
         }
         Ok(report)
     }

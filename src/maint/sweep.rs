@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{statat, unlinkat, AtFlags, FileType};
 use rustix::io::Errno;
@@ -52,6 +52,22 @@ pub struct Unremovable {
     pub op: Op,
     /// The system error (`errno`), where there was one.
     pub errno: Option<i32>,
+}
+
+impl Unremovable {
+    /// What stopped the removal of `entry`; an error that is not about a
+    /// file in it is returned as it is.
+    pub(crate) fn from_error(entry: &Path, e: Error) -> Result<Self> {
+        match e {
+            Error::Io { op, path, source } => Ok(Unremovable {
+                entry: entry.to_owned(),
+                path,
+                op,
+                errno: source.raw_os_error(),
+            }),
+            e => Err(e),
+        }
+    }
 }
 
 impl fmt::Display for Unremovable {
@@ -126,9 +142,11 @@ impl FsCache {
                             report.from_previous_boot += u64::from(old);
                         }
                     }
-                    FileType::Directory if accounted => {
-                        report.invalid_entries += u64::from(self.reap_invalid(&name)?);
-                    }
+                    FileType::Directory if accounted => match self.reap_invalid(&name)? {
+                        Reaped::Removed(_) => report.invalid_entries += 1,
+                        Reaped::Stuck(_, why) => report.unremovable.push(why),
+                        Reaped::Live | Reaped::Gone => {}
+                    },
                     // Links, devices and foreign files: not ours to judge.
                     _ => {}
                 }
@@ -182,16 +200,7 @@ impl FsCache {
         // of all the others, nor everything that sweeps first.
         let reaped = match remove_entry(dir, name, &entry) {
             Ok(()) => Reaped::Removed(bytes),
-            Err(Error::Io { op, path, source }) => Reaped::Stuck(
-                bytes,
-                Unremovable {
-                    entry: entry.path().to_owned(),
-                    path,
-                    op,
-                    errno: source.raw_os_error(),
-                },
-            ),
-            Err(e) => return Err(e),
+            Err(e) => Reaped::Stuck(bytes, Unremovable::from_error(entry.path(), e)?),
         };
         drop(lock);
         Ok(reaped)
@@ -199,19 +208,22 @@ impl FsCache {
 
     /// Remove the named entry `name` if it has no valid `object.info` and
     /// nobody holds it.
-    fn reap_invalid(&self, name: &str) -> Result<bool> {
+    fn reap_invalid(&self, name: &str) -> Result<Reaped> {
         if self.has_valid_info(name)? {
-            return Ok(false);
+            return Ok(Reaped::Gone);
         }
         let Some(victim) = self.lock_victim(name, None)? else {
-            return Ok(false);
+            return Ok(Reaped::Live);
         };
         // Recheck under the lock: a creator may have been mid-commit.
         if victim.size.is_some() {
-            return Ok(false);
+            return Ok(Reaped::Gone);
         }
-        self.remove_victims(vec![victim])?;
-        Ok(true)
+        let path = self.objects().join(name);
+        Ok(match victim.remove_unaccounted(self.objects()) {
+            Ok(()) => Reaped::Removed(0),
+            Err(e) => Reaped::Stuck(0, Unremovable::from_error(&path, e)?),
+        })
     }
 
     fn has_valid_info(&self, name: &str) -> Result<bool> {
@@ -222,9 +234,11 @@ impl FsCache {
 enum Reaped {
     /// Removed, giving back this many bytes.
     Removed(u64),
-    /// Given back, but not removed.
+    /// Given back this many bytes, but not removed.
     Stuck(u64, Unremovable),
+    /// In use.
     Live,
+    /// Not an orphan (any more): removed by someone else, or valid.
     Gone,
 }
 

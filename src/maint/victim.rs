@@ -10,6 +10,7 @@ use crate::cache::read_object_info;
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::OBJECT_INFO;
 use crate::lock::{FileLock, LockKind, Wait};
+use crate::maint::Unremovable;
 use crate::tree;
 use crate::FsCache;
 
@@ -137,7 +138,7 @@ impl FsCache {
     /// The removal protocol for entries we hold: in one size critical
     /// section, unlink each `object.info` and give its size back; then
     /// remove the rest of each entry and let go of its lock.
-    pub(crate) fn remove_victims(&self, victims: Vec<Victim>) -> Result<Vec<(String, u64)>> {
+    pub(crate) fn remove_victims(&self, victims: Vec<Victim>) -> Result<Vec<Gone>> {
         if victims.is_empty() {
             return Ok(Vec::new());
         }
@@ -164,13 +165,32 @@ impl FsCache {
         drop(size_lock);
         let mut removed = Vec::with_capacity(invalidated.len());
         for v in invalidated {
-            // The entry is already invalid; a failure here leaves debris
-            // that the next sweep removes, so keep going.
-            let _ = remove_entry(objects, &v.name, &v.dir);
+            // The entry is already invalid and given back: a failure here
+            // leaves debris for a sweep by someone who may remove it, so
+            // report it and keep going.
+            let stuck = match remove_entry(objects, &v.name, &v.dir) {
+                Ok(()) => None,
+                Err(e) => Some(Unremovable::from_error(v.dir.path(), e)?),
+            };
             drop(v.lock);
-            removed.push((v.name, v.size.unwrap_or(0)));
+            removed.push(Gone {
+                name: v.name,
+                size: v.size.unwrap_or(0),
+                stuck,
+            });
         }
         Ok(removed)
+    }
+}
+
+impl Victim {
+    /// Remove an entry that has no size to give back (no valid
+    /// `object.info`), so no size critical section is needed.
+    pub(crate) fn remove_unaccounted(self, objects: &Dir) -> Result<()> {
+        debug_assert!(self.size.is_none(), "{} is accounted", self.name);
+        let removed = remove_entry(objects, &self.name, &self.dir);
+        drop(self.lock);
+        removed
     }
 }
 
@@ -181,10 +201,18 @@ pub(crate) struct Batch<'c, T> {
     removed: Vec<Removal<T>>,
 }
 
-/// An entry a [`Batch`] removed, with the size it gave back.
-pub(crate) struct Removal<T> {
+/// An entry taken out of the cache: its `object.info` and size are gone.
+pub(crate) struct Gone {
     pub(crate) name: String,
+    /// The size it gave back.
     pub(crate) size: u64,
+    /// Why what was left of it could not be removed, if it could not.
+    pub(crate) stuck: Option<Unremovable>,
+}
+
+/// An entry a [`Batch`] took out, with its caller's tag.
+pub(crate) struct Removal<T> {
+    pub(crate) gone: Gone,
     pub(crate) tag: T,
 }
 
@@ -218,7 +246,7 @@ impl<'c, T> Batch<'c, T> {
         self.removed.extend(
             gone.into_iter()
                 .zip(tags)
-                .map(|((name, size), tag)| Removal { name, size, tag }),
+                .map(|(gone, tag)| Removal { gone, tag }),
         );
         Ok(())
     }

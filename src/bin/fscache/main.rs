@@ -214,7 +214,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     report.sweep.orphan_dirs + report.sweep.orphan_files
                 }
             );
-            warn_unremovable(&report.sweep);
+            warn_unremovable(&report.sweep.unremovable);
+            warn_unremovable(&report.unremovable);
         }
         Command::Evict { dir, names } => {
             let cache = open(dir)?;
@@ -239,7 +240,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 "removed {} entries, {} bytes; {} in use",
                 r.removed, r.freed, r.in_use
             );
-            warn_unremovable(&r.sweep);
+            warn_unremovable(&r.sweep.unremovable);
+            warn_unremovable(&r.unremovable);
         }
         Command::Sweep { dir } => {
             let r = open(dir)?.sweep_orphans()?;
@@ -247,13 +249,13 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 "removed {} orphan directories, {} temporary files ({} from previous boots), {} invalid entries; gave back {} bytes; {} in progress",
                 r.orphan_dirs, r.orphan_files, r.from_previous_boot, r.invalid_entries, r.bytes_given_back, r.live
             );
-            warn_unremovable(&r);
+            warn_unremovable(&r.unremovable);
         }
         Command::Resync { dir } => {
             let r = open(dir)?.resync()?;
             let before = r.before.map_or("corrupt".into(), |b| b.to_string());
             println!("cache.size: {before} -> {}", r.after);
-            warn_unremovable(&r.sweep);
+            warn_unremovable(&r.sweep.unremovable);
         }
         Command::Stress(args) => return stress::run(&cli.app_id, args),
         Command::StressWorker(args) => return stress::worker(&cli.app_id, args),
@@ -276,11 +278,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Orphans a sweep found dead but could not remove stay until someone with
-/// the rights to remove them sweeps; say which, and why.
-fn warn_unremovable(sweep: &fscache::SweepReport) {
-    for stuck in &sweep.unremovable {
-        eprintln!("warning: orphan `{}` stays: {stuck}", stuck.entry.display());
+/// What could not be removed (another user's files, say) stays until
+/// someone with the rights to remove it sweeps; say which, and why.
+fn warn_unremovable(stuck: &[fscache::Unremovable]) {
+    for stuck in stuck {
+        eprintln!("warning: `{}` stays: {stuck}", stuck.entry.display());
     }
 }
 
