@@ -168,6 +168,7 @@ fn run(
                 SweepReport::default(),
                 "{ctx}: gc swept something"
             );
+            assert!(report.unremovable.is_empty(), "{ctx}: gc left debris");
             let now = ok(cache.accounted_size(), ctx);
             assert!(now <= max.into(), "{ctx}: gc left {now} bytes, above {max}");
         }
@@ -199,6 +200,7 @@ fn run(
                 SweepReport::default(),
                 "{ctx}: clear swept something"
             );
+            assert!(report.unremovable.is_empty(), "{ctx}: clear left debris");
             assert_eq!(
                 report.freed, size,
                 "{ctx}: clear freed another amount than was accounted"
