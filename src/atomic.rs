@@ -20,16 +20,11 @@ use rustix::io::Errno;
 
 use crate::error::{Error, IoContext, Op, Result};
 use crate::feature::{FsFeatures, Support};
+use crate::layout::{remove_entry, LOCK_FILE};
 use crate::lock::{FileLock, LockKind, Wait};
 use crate::tree;
 
-/// The lock file of an entry directory.
-pub(crate) const LOCK_FILE: &str = "object.lock";
-
-/// A fresh anonymous name: `uuid-` and 32 lowercase hex digits of a v4 UUID.
-pub fn anonymous_name() -> String {
-    format!("uuid-{}", uuid::Uuid::new_v4().simple())
-}
+pub use crate::layout::anonymous_name;
 
 /// Whether to replace an existing file at the target name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,6 +196,19 @@ impl Dir {
         Ok(held
             .expect("a replacing rename cannot find the name taken")
             .with_path(self.join(name)))
+    }
+
+    /// Put a file named `name` with `content` here unless the name is taken
+    /// (`None`), and return the lock we hold on it.
+    pub(crate) fn create_locked(
+        &self,
+        name: &str,
+        content: &[u8],
+        temp: &Dir,
+    ) -> Result<Option<FileLock>> {
+        Ok(self
+            .put_named(name, content, Replace::No, temp)?
+            .map(|held| held.with_path(self.join(name))))
     }
 
     /// Fill a locked `uuid-*` temporary in `temp` and rename it to `name`;
@@ -538,38 +546,6 @@ impl<'a> AnonymousDir<'a> {
     /// unlocked `uuid-*` directory that the next orphan sweep removes.
     pub fn remove(self) -> Result<()> {
         remove_entry(self.parent, &self.name, &self.dir)
-    }
-}
-
-/// Unlink the `object.info` of the entry `dir`: the step that makes an
-/// entry invalid. Returns whether there was one to unlink (a directory
-/// planted there is left for the removal of the contents, and was never
-/// accounted).
-pub(crate) fn unlink_info(dir: &Dir) -> Result<bool> {
-    match unlinkat(dir.as_fd(), crate::info::OBJECT_INFO, AtFlags::empty()) {
-        Ok(()) => Ok(true),
-        Err(Errno::NOENT) | Err(Errno::ISDIR) => Ok(false),
-        Err(e) => Err(e).at(Op::Unlink, || dir.join(crate::info::OBJECT_INFO)),
-    }
-}
-
-/// The removal protocol, for a directory whose lock the caller holds
-/// exclusively (or that nobody can lock any more).
-pub(crate) fn remove_entry(parent: &Dir, name: &str, dir: &Dir) -> Result<()> {
-    unlink_info(dir)?;
-    crate::failpoint!("remove-after-info");
-    tree::remove_contents(dir.as_fd(), dir.path(), Some(LOCK_FILE))?;
-    crate::failpoint!("remove-before-lock");
-    match unlinkat(dir.as_fd(), LOCK_FILE, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => {}
-        Err(e) => return Err(e).at(Op::Unlink, || dir.join(LOCK_FILE)),
-    }
-    // Someone may have reclaimed the empty directory by linking their own
-    // lock into it: then it is theirs and stays.
-    match unlinkat(parent.as_fd(), name, AtFlags::REMOVEDIR) {
-        Ok(()) | Err(Errno::NOENT) | Err(Errno::NOTEMPTY) | Err(Errno::EXIST)
-        | Err(Errno::BUSY) => Ok(()),
-        Err(e) => Err(e).at(Op::RemoveDir, || parent.join(name)),
     }
 }
 

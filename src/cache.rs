@@ -11,19 +11,19 @@ pub use store::{Commit, CommitError, StoreGuard};
 use std::fmt;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
-use std::os::fd::BorrowedFd;
-
-use rustix::fs::{statat, AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{statat, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::atomic::{Dir, Replace};
 use crate::beneath::open_beneath;
-use crate::error::{not_a_file, Error, IoContext, Op, Result};
-use crate::info::{self, CacheInfo, MaxSize, ObjectInfo};
+use crate::error::{Error, IoContext, Op, Result};
+use crate::info::{CacheInfo, MaxSize};
+use crate::layout;
 use crate::lock::{FileLock, LockKind, Wait};
-use crate::size::{self, SizeLock};
+use crate::size::{self, Accounting, HealGate};
 
 /// An open cache: the handle every operation starts from.
 ///
@@ -38,7 +38,35 @@ pub struct FsCache {
     app_id: String,
     boot_id: String,
     info: RwLock<CacheInfo>,
+    heal_gate: HealGate,
+    counters: LiveCounters,
     _cache_lock: FileLock,
+}
+
+/// What one handle has done since it was opened, from [`FsCache::counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Loads that found their entry.
+    pub hits: u64,
+    /// Loads that did not.
+    pub misses: u64,
+    /// Commits that stored their entry.
+    pub stored: u64,
+    /// Times `cache.size` was recounted from the entries because it held
+    /// no number, was no regular file, or left no room with nothing to
+    /// evict (see [`FsCache::resync`]; at most once per minute per handle
+    /// for want of room).
+    pub heals: u64,
+}
+
+/// The live counters behind [`Counters`].
+#[derive(Debug, Default)]
+pub(crate) struct LiveCounters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) stored: AtomicU64,
+    pub(crate) heals: AtomicU64,
 }
 
 impl fmt::Debug for FsCache {
@@ -79,16 +107,16 @@ impl FsCache {
         let path = path.as_ref();
         std::fs::create_dir_all(path).at(Op::CreateDir, || path.to_owned())?;
         let root = Dir::open(path)?;
-        root.create_dir(info::OBJECTS)?;
-        root.create_dir(info::STAGE)?;
-        let objects = root.open_dir(info::OBJECTS)?;
-        let stage = root.open_dir(info::STAGE)?;
+        root.create_dir(layout::OBJECTS)?;
+        root.create_dir(layout::STAGE)?;
+        let objects = root.open_dir(layout::OBJECTS)?;
+        let stage = root.open_dir(layout::STAGE)?;
         let initial_info = CacheInfo::initial();
         for (name, content) in [
-            (info::CACHE_TAG, info::CACHE_TAG_CONTENT),
-            (info::CACHE_INFO, initial_info.as_slice()),
-            (info::CACHE_LOCK, b"".as_slice()),
-            (info::CACHE_SIZE, b"0".as_slice()),
+            (layout::CACHE_TAG, layout::CACHE_TAG_CONTENT),
+            (layout::CACHE_INFO, initial_info.as_slice()),
+            (layout::CACHE_LOCK, b"".as_slice()),
+            (layout::CACHE_SIZE, b"0".as_slice()),
         ] {
             match statat(root.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(_) => {}
@@ -99,7 +127,7 @@ impl FsCache {
             }
         }
         let boot_id = crate::bootid::current(app_id)?;
-        let cache_lock = root.lock(info::CACHE_LOCK, LockKind::Shared, Wait::Forever)?;
+        let cache_lock = root.lock(layout::CACHE_LOCK, LockKind::Shared, Wait::Forever)?;
         let info = read_info(&root)?;
         Ok(FsCache {
             root,
@@ -108,6 +136,8 @@ impl FsCache {
             app_id: app_id.to_owned(),
             boot_id,
             info: RwLock::new(info),
+            heal_gate: HealGate::default(),
+            counters: LiveCounters::default(),
             _cache_lock: cache_lock,
         })
     }
@@ -173,14 +203,14 @@ impl FsCache {
             .is_some_and(|p| !(1..=100).contains(&p))
         {
             return Err(Error::InvalidConfig {
-                key: info::LOW_WATERMARK_KEY,
+                key: crate::info::LOW_WATERMARK_KEY,
                 reason: "a percentage from 1 to 100",
             });
         }
-        let path = || self.root.join(info::CACHE_INFO);
+        let path = || self.root.join(layout::CACHE_INFO);
         let lock = self
             .root
-            .lock(info::CACHE_INFO, LockKind::Exclusive, Wait::Forever)?;
+            .lock(layout::CACHE_INFO, LockKind::Exclusive, Wait::Forever)?;
         let raw = read_all(&lock, &path())?;
         let current = CacheInfo::parse(&raw);
         if !current.is_supported() {
@@ -194,7 +224,7 @@ impl FsCache {
             .ok_or_else(|| Error::corrupt(path(), "not a JSON object; it is left as it is"))?;
         let _ = self
             .root
-            .write_file(info::CACHE_INFO, &merged, Replace::Yes, &self.objects)?;
+            .write_file(layout::CACHE_INFO, &merged, Replace::Yes, &self.objects)?;
         crate::failpoint!("info-after-temp");
         drop(lock);
         let fresh = CacheInfo::parse(&merged);
@@ -224,7 +254,7 @@ impl FsCache {
     pub fn accounted_size(&self) -> Result<u64> {
         size::read_unlocked(&self.root)?.ok_or_else(|| {
             Error::corrupt(
-                self.root.join(info::CACHE_SIZE),
+                self.root.join(layout::CACHE_SIZE),
                 "not a non-negative JSON integer",
             )
         })
@@ -242,9 +272,41 @@ impl FsCache {
         &self.stage
     }
 
-    /// Enter the `cache.size` critical section.
-    pub(crate) fn lock_size(&self) -> Result<SizeLock<'_>> {
-        SizeLock::acquire(&self.root, &self.objects)
+    /// Every change of `cache.size` goes through here.
+    pub(crate) fn accounting(&self) -> Accounting<'_> {
+        Accounting {
+            root: &self.root,
+            objects: &self.objects,
+            gate: &self.heal_gate,
+            heals: &self.counters.heals,
+        }
+    }
+
+    pub(crate) fn live_counters(&self) -> &LiveCounters {
+        &self.counters
+    }
+
+    /// What this handle has done since it was opened: hits, misses,
+    /// stores, and how often it had to heal `cache.size`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cache = fscache::FsCache::open("my-tool", dir.path())?;
+    /// assert!(cache.load("nothing")?.is_none());
+    /// assert_eq!(cache.counters().misses, 1);
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
+    pub fn counters(&self) -> Counters {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counters {
+            hits: get(&c.hits),
+            misses: get(&c.misses),
+            stored: get(&c.stored),
+            heals: get(&c.heals),
+        }
     }
 
     /// Fail unless this cache's version lets us touch `objects/`.
@@ -279,32 +341,12 @@ pub(crate) fn read_all(fd: &impl AsFd, path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-/// The `object.info` at `rel` below `dir`: `None` unless it is a regular
-/// file holding a valid one (a link, directory, socket or fifo planted
-/// there, or garbage, all read as "no valid info").
-pub(crate) fn read_object_info(
-    dir: BorrowedFd<'_>,
-    rel: &str,
-    path: &Path,
-) -> Result<Option<ObjectInfo>> {
-    let fd = match open_beneath(dir, rel, OFlags::RDONLY, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(e) if not_a_file(e) => return Ok(None),
-        Err(e) => return Err(e).at(Op::Open, || path.to_owned()),
-    };
-    let st = rustix::fs::fstat(&fd).at(Op::Stat, || path.to_owned())?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Ok(None);
-    }
-    Ok(ObjectInfo::parse(&read_all(&fd, path)?))
-}
-
 /// Read and parse `cache.info`; an unreadable form reads as all unset.
 fn read_info(root: &Dir) -> Result<CacheInfo> {
-    let path = root.join(info::CACHE_INFO);
+    let path = root.join(layout::CACHE_INFO);
     let fd = open_beneath(
         root.as_fd(),
-        info::CACHE_INFO,
+        layout::CACHE_INFO,
         OFlags::RDONLY,
         Mode::empty(),
     )

@@ -216,6 +216,15 @@ impl Error {
             .is_some_and(not_a_file)
     }
 
+    /// Whether this is a refusal by permissions (`EACCES`, `EPERM`): a file
+    /// of another user's that we may not lock or remove.
+    pub(crate) fn is_denied(&self) -> bool {
+        self.errno().is_some_and(|e| {
+            e == rustix::io::Errno::ACCESS.raw_os_error()
+                || e == rustix::io::Errno::PERM.raw_os_error()
+        })
+    }
+
     pub(crate) fn corrupt(path: PathBuf, reason: impl Into<String>) -> Self {
         Error::Corrupt {
             path,

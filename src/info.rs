@@ -11,24 +11,6 @@ pub const VERSION_CURRENT: i64 = 1;
 /// The oldest format version this crate reads and writes.
 pub const VERSION_MINIMUM: i64 = 1;
 
-pub(crate) const CACHE_INFO: &str = "cache.info";
-pub(crate) const CACHE_LOCK: &str = "cache.lock";
-pub(crate) const CACHE_SIZE: &str = "cache.size";
-pub(crate) const CACHE_TAG: &str = "CACHEDIR.TAG";
-pub(crate) const OBJECT_INFO: &str = "object.info";
-pub(crate) const OBJECTS: &str = "objects";
-pub(crate) const STAGE: &str = "stage";
-pub(crate) const DATA: &str = "data";
-
-/// Every name the cache root holds (FORMAT.md's layout); anything else
-/// there is not ours.
-pub const ROOT_LAYOUT: [&str; 6] = [
-    CACHE_TAG, CACHE_INFO, CACHE_LOCK, CACHE_SIZE, OBJECTS, STAGE,
-];
-
-pub(crate) const CACHE_TAG_CONTENT: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n\
-# This is a cache directory tag created by fscache (see https://bford.info/cachedir/)\n";
-
 /// Our extension key: the low watermark as a percentage of the maximum.
 /// Version-1 readers (osbuild) ignore it.
 pub const LOW_WATERMARK_KEY: &str = "fscache-low-watermark-percent";

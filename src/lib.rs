@@ -107,6 +107,7 @@ mod error;
 pub mod failpoint;
 mod feature;
 mod info;
+mod layout;
 pub mod lock;
 mod maint;
 mod name;
@@ -116,12 +117,13 @@ mod sync;
 mod tree;
 
 pub use bootid::app_boot_id;
-pub use cache::{Commit, CommitError, FsCache, LoadGuard, StageGuard, StoreGuard};
+pub use cache::{Commit, CommitError, Counters, FsCache, LoadGuard, StageGuard, StoreGuard};
 pub use error::{Error, ErrorKind, Op, Result};
 pub use info::{
     parse_size, CacheInfo, MaxSize, ObjectInfo, DEFAULT_LOW_WATERMARK_PERCENT, LOW_WATERMARK_KEY,
-    ROOT_LAYOUT, VERSION_CURRENT, VERSION_MINIMUM,
+    VERSION_CURRENT, VERSION_MINIMUM,
 };
+pub use layout::ROOT_LAYOUT;
 pub use maint::{
     ClearReport, Eviction, GcOptions, GcReport, Reason, Removed, ResyncReport, Stats, SweepReport,
     Unremovable,

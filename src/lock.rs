@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
-use rustix::fs::{fstat, openat, statat, AtFlags, Mode, OFlags, CWD};
+use rustix::fs::{fstat, openat, statat, AtFlags, Mode, OFlags, Stat, CWD};
 use rustix::io::Errno;
 
 use crate::beneath::open_beneath;
@@ -69,8 +69,13 @@ pub struct FileLock {
     fd: OwnedFd,
     kind: LockKind,
     path: PathBuf,
-    /// Cleared by [`FileLock::unlock`], which has released already.
+    /// Whether dropping must release explicitly: cleared by
+    /// [`FileLock::unlock`], which has, and by
+    /// [`FileLock::released_by_close`].
     held: bool,
+    /// The file's status when the safe-open loop found it in place, so
+    /// that callers need not ask again (its type, the last use it had).
+    locked_stat: Option<Stat>,
 }
 
 impl fmt::Debug for FileLock {
@@ -154,20 +159,25 @@ fn set(fd: BorrowedFd<'_>, kind: LockKind, wait: Wait, path: &Path) -> Result<()
     }
 }
 
-/// Whether `fd` is still the file at `rel` below `dir`. `ESTALE` (NFS) and a
-/// vanished path both mean it was replaced.
-fn still_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, rel: &str, path: &Path) -> Result<bool> {
+/// `fd`'s status if it is still the file at `rel` below `dir`; `None` if it
+/// was replaced. `ESTALE` (NFS) and a vanished path both mean replaced.
+fn still_at(
+    fd: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    rel: &str,
+    path: &Path,
+) -> Result<Option<Stat>> {
     let ours = match fstat(fd) {
         Ok(st) => st,
-        Err(Errno::STALE) => return Ok(false),
+        Err(Errno::STALE) => return Ok(None),
         Err(e) => return Err(e).at(Op::Stat, || path.to_owned()),
     };
     let theirs = match statat(dir, rel, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
-        Err(Errno::NOENT) | Err(Errno::STALE) => return Ok(false),
+        Err(Errno::NOENT) | Err(Errno::STALE) => return Ok(None),
         Err(e) => return Err(e).at(Op::Stat, || path.to_owned()),
     };
-    Ok(ours.st_dev == theirs.st_dev && ours.st_ino == theirs.st_ino)
+    Ok((ours.st_dev == theirs.st_dev && ours.st_ino == theirs.st_ino).then_some(ours))
 }
 
 impl FileLock {
@@ -204,6 +214,7 @@ impl FileLock {
             kind,
             path,
             held: true,
+            locked_stat: None,
         })
     }
 
@@ -272,12 +283,13 @@ impl FileLock {
                 open_beneath(dir, rel, kind.access() | extra, Mode::empty()).at(Op::Open, &path)?;
             let display = path();
             set(fd.as_fd(), kind, wait, &display)?;
-            if still_at(fd.as_fd(), dir, rel, &display)? {
+            if let Some(st) = still_at(fd.as_fd(), dir, rel, &display)? {
                 return Ok(FileLock {
                     fd,
                     kind,
                     path: display,
                     held: true,
+                    locked_stat: Some(st),
                 });
             }
             // Replaced or removed while we waited: dropping `fd` releases
@@ -288,6 +300,21 @@ impl FileLock {
     /// The same lock, named by another path (after the file was renamed).
     pub(crate) fn with_path(mut self, path: PathBuf) -> Self {
         self.path = path;
+        self
+    }
+
+    /// The status the safe-open loop read when it checked the lock was in
+    /// place; `None` for a lock taken on a descriptor of the caller's.
+    pub(crate) fn locked_stat(&self) -> Option<&Stat> {
+        self.locked_stat.as_ref()
+    }
+
+    /// Let dropping release the lock by closing the descriptor, saving the
+    /// explicit `F_UNLCK`. Only for locks where a forked child that keeps
+    /// a copy of the descriptor (and so the lock, until it exits or
+    /// execs) holds up nobody for long: a reader's shared lock.
+    pub(crate) fn released_by_close(mut self) -> Self {
+        self.held = false;
         self
     }
 

@@ -1,22 +1,48 @@
-//! `cache.size`: the bytes accounted, changed only under its write lock.
+//! `cache.size`: the bytes accounted, changed only under its write lock, and
+//! [`Accounting`], the one place that changes it.
 //!
 //! The critical section is a [`SizeLock`]. A new value is written to a locked
 //! `uuid-*` temporary which is renamed over `cache.size`; we keep the lock of
 //! the new file, so the section lasts until the guard is dropped even though
 //! the file it started on has been replaced. That lets an `object.info`
 //! appear or disappear inside the same section as its size change.
+//!
+//! **Healing.** Crashes can only leave the total too high, and hostile or
+//! broken hands can leave garbage, or a link, directory or fifo, at
+//! `cache.size`. Rather than wait for a person to resync, the accounting
+//! recounts the total itself, in the section, from the `object.info` files
+//! present (never following what was planted), whenever it cannot read a
+//! number, and when a commit finds no room with nothing left to evict. The
+//! latter is bounded: a handle heals for want of room at most once per
+//! [`HEAL_INTERVAL`], so a cache full of entries in use does not rescan on
+//! every store. A healthy cache never heals: it pays nothing for this.
 
 use std::os::fd::AsFd;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use rustix::fs::{renameat, statat, unlinkat, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::atomic::Dir;
+use crate::atomic::{write_all, AnonymousDir, Dir};
 use crate::error::{Error, IoContext, Op, Result};
-use crate::info::{parse_size, CACHE_SIZE};
+use crate::info::{parse_size, CacheInfo, MaxSize, ObjectInfo};
+use crate::layout::{
+    anonymous_name, in_entry, is_regular, read_info, unlink_info, CACHE_INFO, CACHE_SIZE,
+    OBJECT_INFO,
+};
 use crate::lock::{FileLock, LockKind, Wait};
 
 /// `cache.size` is one short integer; anything longer is corrupt.
 const MAX_SIZE_FILE: usize = 64;
+
+/// How often one handle may recount for want of room. Only crashes make
+/// the total drift, so a minute's delay costs little; a rescan per store
+/// of a full cache would cost much.
+pub(crate) const HEAL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How many times one commit may evict before it gives up with no room.
+const EVICTION_ROUNDS: u32 = 3;
 
 /// The held write lock on `cache.size` and the value it read.
 #[must_use = "the size lock is released when this is dropped"]
@@ -25,30 +51,39 @@ pub(crate) struct SizeLock<'c> {
     root: &'c Dir,
     temp: &'c Dir,
     lock: FileLock,
-    /// What the file holds.
+    /// What the file holds; `None` if that is not a size.
     on_disk: Option<u64>,
 }
 
 impl<'c> SizeLock<'c> {
     /// Wait for the write lock on `root/cache.size` and read it. Temporaries
-    /// go to `temp` (`objects/`).
-    pub(crate) fn acquire(root: &'c Dir, temp: &'c Dir) -> Result<Self> {
-        let lock = root.lock(CACHE_SIZE, LockKind::Exclusive, Wait::Forever)?;
+    /// go to `temp` (`objects/`). `None` if there is no regular file to lock
+    /// (it is missing, or a link, directory, fifo or socket was put there).
+    fn acquire(root: &'c Dir, temp: &'c Dir) -> Result<Option<Self>> {
+        let lock = match root.lock(CACHE_SIZE, LockKind::Exclusive, Wait::Forever) {
+            Ok(lock) => lock,
+            Err(e) if e.is_not_a_file() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if !lock.locked_stat().is_some_and(is_regular) {
+            return Ok(None);
+        }
         let on_disk = read_fd(&lock, root)?;
-        Ok(SizeLock {
+        Ok(Some(SizeLock {
             root,
             temp,
             lock,
             on_disk,
-        })
+        }))
     }
 
-    /// The value read, or [`Error::Corrupt`] if the file held no size.
+    /// The value read, or [`Error::Corrupt`] if the file held no size. In
+    /// a section from [`Accounting::section`] it always holds one.
     pub(crate) fn value(&self) -> Result<u64> {
         self.on_disk.ok_or_else(|| {
             Error::corrupt(
                 self.root.join(CACHE_SIZE),
-                "not a non-negative JSON integer (run `fscache resync`)",
+                "not a non-negative JSON integer",
             )
         })
     }
@@ -94,14 +129,264 @@ fn read_fd(fd: &impl AsFd, root: &Dir) -> Result<Option<u64>> {
     })
 }
 
-/// Read `cache.size` without locking (it is always replaced whole).
+/// Read `cache.size` without locking (it is always replaced whole); `None`
+/// if it holds no size or is not a regular file.
 pub(crate) fn read_unlocked(root: &Dir) -> Result<Option<u64>> {
-    let fd = crate::beneath::open_beneath(
-        root.as_fd(),
-        CACHE_SIZE,
-        rustix::fs::OFlags::RDONLY,
-        rustix::fs::Mode::empty(),
-    )
-    .at(Op::Open, || root.join(CACHE_SIZE))?;
-    read_fd(&fd, root)
+    let fd =
+        match crate::beneath::open_beneath(root.as_fd(), CACHE_SIZE, OFlags::RDONLY, Mode::empty())
+        {
+            Ok(fd) => fd,
+            Err(e) if crate::error::not_a_file(e) => return Ok(None),
+            Err(e) => return Err(e).at(Op::Open, || root.join(CACHE_SIZE)),
+        };
+    match read_fd(&fd, root) {
+        Err(e) if e.is_not_a_file() => Ok(None),
+        other => other,
+    }
+}
+
+/// When this handle last healed for want of room.
+#[derive(Debug, Default)]
+pub(crate) struct HealGate(Mutex<Option<Instant>>);
+
+impl HealGate {
+    /// Whether a heal for want of room may run now; if so, it counts as
+    /// run.
+    fn admit(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match *last {
+            Some(at) if at.elapsed() < HEAL_INTERVAL => false,
+            _ => {
+                *last = Some(Instant::now());
+                true
+            }
+        }
+    }
+}
+
+/// The accounting of one cache: every change of `cache.size` goes through
+/// here, together with the `object.info` it accounts for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Accounting<'c> {
+    pub(crate) root: &'c Dir,
+    pub(crate) objects: &'c Dir,
+    pub(crate) gate: &'c HealGate,
+    pub(crate) heals: &'c std::sync::atomic::AtomicU64,
+}
+
+impl<'c> Accounting<'c> {
+    /// Enter the size critical section, with a size to work from: a
+    /// `cache.size` that holds no number, or that is no regular file, is
+    /// healed first.
+    pub(crate) fn section(&self) -> Result<SizeLock<'c>> {
+        let mut lock = self.locked()?;
+        if lock.on_disk.is_none() {
+            self.heal(&mut lock)?;
+        }
+        Ok(lock)
+    }
+
+    /// Enter the section on a regular `cache.size`, whatever it holds.
+    fn locked(&self) -> Result<SizeLock<'c>> {
+        loop {
+            if let Some(lock) = SizeLock::acquire(self.root, self.objects)? {
+                return Ok(lock);
+            }
+            if let Some(lock) = self.replace_planted()? {
+                return Ok(lock);
+            }
+        }
+    }
+
+    /// In the section: recount the total and count this as a heal.
+    fn heal(&self, lock: &mut SizeLock<'c>) -> Result<u64> {
+        let total = self.recount()?;
+        lock.set(total)?;
+        self.heals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(total)
+    }
+
+    /// Make `cache.size` exact: in the section, set it to the sum of every
+    /// `object.info` in `objects/` (committed entries, invalid ones and
+    /// anonymous ones alike, since whoever removes one gives its size
+    /// back). Returns what it held before (`None` if that was no size, or
+    /// no regular file) and the total now.
+    pub(crate) fn resync(&self) -> Result<(Option<u64>, u64)> {
+        let mut lock = self.locked()?;
+        let before = lock.on_disk;
+        let after = self.recount()?;
+        lock.set(after)?;
+        Ok((before, after))
+    }
+
+    fn recount(&self) -> Result<u64> {
+        let mut total = 0u64;
+        for (name, kind) in crate::tree::list(self.objects)? {
+            if kind != FileType::Directory {
+                continue;
+            }
+            let rel = in_entry(&name, OBJECT_INFO);
+            if let Some(info) = read_info(self.objects.as_fd(), &rel, &self.objects.join(&rel))? {
+                total = total.saturating_add(info.size);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Put a fresh, locked `cache.size` where there is none, or where
+    /// something that is not a regular file was planted (moved aside and
+    /// removed, never followed). Only one of our processes at a time does
+    /// this, under the lock of `cache.info`; osbuild never replaces a
+    /// `cache.size` it cannot open, so it does not race us. `None` if
+    /// someone else put a regular file there meanwhile.
+    fn replace_planted(&self) -> Result<Option<SizeLock<'c>>> {
+        let _one_repairer = self
+            .root
+            .lock(CACHE_INFO, LockKind::Exclusive, Wait::Forever)?;
+        if let Some(lock) = SizeLock::acquire(self.root, self.objects)? {
+            drop(lock);
+            return Ok(None);
+        }
+        let aside = anonymous_name();
+        match renameat(self.root, CACHE_SIZE, self.objects, aside.as_str()) {
+            Ok(()) => self.remove_aside(&aside)?,
+            Err(Errno::NOENT) => {}
+            Err(e) => {
+                return Err(Error::Rename {
+                    from: self.root.join(CACHE_SIZE),
+                    to: self.objects.join(&aside),
+                    source: e.into(),
+                })
+            }
+        }
+        // Until the recount is written, the file says "full": a crash in
+        // between overcounts (and heals), it never undercounts.
+        match self
+            .root
+            .create_locked(CACHE_SIZE, u64::MAX.to_string().as_bytes(), self.objects)?
+        {
+            // What it holds is no count of ours: the caller recounts.
+            Some(lock) => Ok(Some(SizeLock {
+                root: self.root,
+                temp: self.objects,
+                lock,
+                on_disk: None,
+            })),
+            // osbuild's scaffolding put a new one there first.
+            None => Ok(None),
+        }
+    }
+
+    /// Remove what was planted at `cache.size`, now at `objects/<aside>`.
+    fn remove_aside(&self, aside: &str) -> Result<()> {
+        let path = || self.objects.join(aside);
+        let st = statat(self.objects, aside, AtFlags::SYMLINK_NOFOLLOW).at(Op::Stat, path)?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            let dir = self.objects.open_dir(aside)?;
+            crate::tree::remove_contents(dir.as_fd(), dir.path(), None)?;
+            unlinkat(self.objects, aside, AtFlags::REMOVEDIR).at(Op::RemoveDir, path)
+        } else {
+            unlinkat(self.objects, aside, AtFlags::empty()).at(Op::Unlink, path)
+        }
+    }
+
+    /// Enter the section with room for `size` more bytes under `cfg`'s
+    /// maximum, calling `evict` (least recently used entries, down to the
+    /// low watermark) if needed; `None` if there is no room even then.
+    pub(crate) fn make_room(
+        &self,
+        size: u64,
+        cfg: &CacheInfo,
+        mut evict: impl FnMut(u64) -> Result<usize>,
+    ) -> Result<Option<SizeLock<'c>>> {
+        let MaxSize::Bytes(max) = cfg.effective_maximum() else {
+            return self.section().map(Some);
+        };
+        // Others may take the room we free before we get back into the
+        // section: try again while eviction makes progress, a few times.
+        let mut rounds = 0;
+        loop {
+            let mut section = self.section()?;
+            let current = section.value()?;
+            if current.saturating_add(size) <= max {
+                return Ok(Some(section));
+            }
+            if rounds == EVICTION_ROUNDS {
+                // Nothing (more) to evict: the total may be phantom, left
+                // by crashes. Recount, if this handle has not just done so.
+                if self.gate.admit() && self.heal(&mut section)?.saturating_add(size) <= max {
+                    return Ok(Some(section));
+                }
+                return Ok(None);
+            }
+            drop(section);
+            // Free enough that the cache ends at the low watermark with
+            // this entry in it, so the stores that follow fit without a
+            // scan; if the entry alone passes the watermark, free to fit.
+            let low = match cfg.low_watermark() {
+                MaxSize::Bytes(low) => low,
+                MaxSize::Unlimited => max,
+            };
+            let target = if low >= size {
+                low - size
+            } else {
+                max.saturating_sub(size)
+            };
+            let need = current.saturating_add(size).saturating_sub(max);
+            if evict(current.saturating_sub(target).max(need))? == 0 {
+                rounds = EVICTION_ROUNDS;
+            } else {
+                rounds += 1;
+            }
+        }
+    }
+
+    /// In the size critical section: add `info.size` to `cache.size` (making
+    /// room with `evict` if needed) and write the entry's `object.info`.
+    /// Returns false if it does not fit. The size goes up before
+    /// `object.info` appears, so a crash in between overcounts but never
+    /// undercounts.
+    pub(crate) fn account(
+        &self,
+        entry: &AnonymousDir<'_>,
+        info: &ObjectInfo,
+        cfg: &CacheInfo,
+        evict: impl FnMut(u64) -> Result<usize>,
+    ) -> Result<bool> {
+        let Some(mut section) = self.make_room(info.size, cfg, evict)? else {
+            return Ok(false);
+        };
+        let current = section.value()?;
+        section.set(current.saturating_add(info.size))?;
+        let path = entry.path().join(OBJECT_INFO);
+        let written = rustix::fs::openat(
+            entry.dir().as_fd(),
+            OBJECT_INFO,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .at(Op::Create, || path.clone())
+        .and_then(|fd| write_all(fd.as_fd(), &info.to_json(), &path));
+        if let Err(e) = written {
+            let _ = unlinkat(entry.dir().as_fd(), OBJECT_INFO, AtFlags::empty());
+            section.set(current)?;
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// In the size critical section: unlink the `object.info` of the entry
+    /// `dir` and give `size` back, if it had one. Returns the bytes given
+    /// back.
+    pub(crate) fn give_back(&self, dir: &Dir, size: u64) -> Result<u64> {
+        let mut section = self.section()?;
+        let current = section.value()?;
+        if !unlink_info(dir)? {
+            return Ok(0);
+        }
+        crate::failpoint!("give-back-after-info-unlink");
+        section.set(current.saturating_sub(size))?;
+        Ok(size)
+    }
 }

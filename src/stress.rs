@@ -250,7 +250,7 @@ pub fn check(cache: &FsCache, expect_exact: bool) -> Result<Vec<String>> {
             stats.invalid_entries
         ));
     }
-    let objects = cache.path().join(crate::info::OBJECTS);
+    let objects = cache.path().join(crate::layout::OBJECTS);
     for entry in std::fs::read_dir(&objects).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Ok(Some(hit)) = cache.load(&name) {

@@ -57,7 +57,7 @@ fn a_cache_laid_out_by_osbuild_is_opened_and_read() -> TestResult {
         std::fs::read_to_string(hit.path().join("sub/file"))?,
         "osbuild wrote this"
     );
-    let oi = hit.info()?;
+    let oi = hit.info().clone();
     assert_eq!(
         (oi.size, oi.creation_boot_id.as_deref()),
         (12288, Some(boot))

@@ -14,11 +14,11 @@
 //! stage              -> staged PATH         (kept until `unstage`)
 //! unstage            -> unstaged
 //! max BYTES|unlimited -> ok
-//! evict NAME         -> evicted SIZE | busy | absent
+//! evict NAME         -> evicted SIZE | busy | absent | denied
 //! sweep              -> swept DIRS FILES BYTES
 //! resync             -> resynced BEFORE AFTER
-//! clear              -> cleared REMOVED IN_USE
-//! gc MAX_BYTES       -> gc REMOVED FREED
+//! clear              -> cleared REMOVED IN_USE UNREMOVABLE DENIED
+//! gc MAX_BYTES       -> gc REMOVED FREED DENIED
 //! run SEED OPS NAMES -> ran COUNTERS | violation WHAT   (random ops)
 //! exit               -> (exits 0)
 //! ```
@@ -78,7 +78,7 @@ impl Worker {
                 None => "miss".into(),
                 Some(hit) => match payload::verify(hit.path()) {
                     Ok(()) => {
-                        let size = hit.info()?.size;
+                        let size = hit.info().size;
                         self.hits.push(hit);
                         format!("hit {size}")
                     }
@@ -112,6 +112,8 @@ impl Worker {
                 Eviction::Removed { size } => format!("evicted {size}"),
                 Eviction::InUse => "busy".into(),
                 Eviction::NotFound => "absent".into(),
+                Eviction::Denied => "denied".into(),
+                other => format!("other {other:?}"),
             },
             ["sweep"] => {
                 let r = self.cache.sweep_orphans()?;
@@ -133,7 +135,13 @@ impl Worker {
             }
             ["clear"] => {
                 let r = self.cache.clear()?;
-                format!("cleared {} {} {}", r.removed, r.in_use, r.unremovable.len())
+                format!(
+                    "cleared {} {} {} {}",
+                    r.removed,
+                    r.in_use,
+                    r.unremovable.len(),
+                    r.denied
+                )
             }
             ["gc", max] => {
                 let options = GcOptions {
@@ -141,7 +149,7 @@ impl Worker {
                     ..GcOptions::default()
                 };
                 let r = self.cache.gc(&options)?;
-                format!("gc {} {}", r.removed.len(), r.freed)
+                format!("gc {} {} {}", r.removed.len(), r.freed, r.denied)
             }
             ["run", seed, ops, names] => {
                 let workload = Workload {

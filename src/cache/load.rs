@@ -1,18 +1,17 @@
 //! `load(name)`: a shared lock on a committed entry for as long as it is used.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
-use rustix::fs::{
-    futimens, statat, AtFlags, FileType, OFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT,
-};
+use rustix::fs::{futimens, OFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
 use rustix::io::Errno;
 
-use crate::atomic::LOCK_FILE;
-use crate::cache::read_object_info;
 use crate::error::{Error, IoContext, Op, Result};
-use crate::info::{ObjectInfo, DATA, OBJECT_INFO};
+use crate::info::ObjectInfo;
+use crate::layout::{committed, in_entry, DATA, LOCK_FILE};
 use crate::lock::{FileLock, LockKind, Wait};
 use crate::name::validate_name;
 use crate::FsCache;
@@ -21,9 +20,12 @@ use crate::FsCache;
 /// while the guard lives. Dropping the guard releases it.
 #[must_use = "the entry may be evicted as soon as the guard is dropped"]
 pub struct LoadGuard<'c> {
-    cache: &'c FsCache,
+    /// The handle's locks are not needed while the entry is held; the
+    /// borrow keeps the guard within the handle's life all the same.
+    cache: PhantomData<&'c FsCache>,
     name: String,
     data: PathBuf,
+    info: ObjectInfo,
     lock: FileLock,
 }
 
@@ -40,15 +42,6 @@ impl fmt::Debug for LoadGuard<'_> {
 /// socket or fifo where the lock file belongs is not an entry either.
 fn is_miss(e: &Error) -> bool {
     matches!(e, Error::WouldBlock { .. }) || e.is_not_a_file()
-}
-
-/// Whether `rel` below `dir` is, without following links, of type `kind`.
-fn is_a(dir: &crate::atomic::Dir, rel: &str, kind: FileType) -> Result<bool> {
-    match statat(dir.as_fd(), rel, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => Ok(FileType::from_raw_mode(st.st_mode) == kind),
-        Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(false),
-        Err(e) => Err(e).at(Op::Stat, || dir.join(rel)),
-    }
 }
 
 impl FsCache {
@@ -76,10 +69,10 @@ impl FsCache {
     pub fn load(&self, name: &str) -> Result<Option<LoadGuard<'_>>> {
         validate_name(name)?;
         if !self.info().is_supported() {
-            return Ok(None);
+            return Ok(self.missed());
         }
         let objects = self.objects();
-        let rel = format!("{name}/{LOCK_FILE}");
+        let rel = in_entry(name, LOCK_FILE);
         let lock = match FileLock::open_at(
             objects.as_fd(),
             &rel,
@@ -89,20 +82,14 @@ impl FsCache {
             || objects.join(&rel),
         ) {
             Ok(lock) => lock,
-            Err(e) if is_miss(&e) => return Ok(None),
+            Err(e) if is_miss(&e) => return Ok(self.missed()),
             Err(e) => return Err(e),
         };
-        // Without object.info the entry is incomplete or being removed;
-        // a `data` that is not a directory (a planted link) is no entry we
-        // may hand out.
-        if !is_a(
-            objects,
-            &format!("{name}/{OBJECT_INFO}"),
-            FileType::RegularFile,
-        )? || !is_a(objects, &format!("{name}/{DATA}"), FileType::Directory)?
-        {
-            return Ok(None);
-        }
+        // Incomplete, being removed, or not an entry at all (a planted
+        // link or fifo): whatever `layout::committed` refuses is a miss.
+        let Some(info) = committed(objects, name, lock.locked_stat())? else {
+            return Ok(self.missed());
+        };
         let now = Timestamps {
             last_access: Timespec {
                 tv_sec: 0,
@@ -119,12 +106,21 @@ impl FsCache {
             Ok(()) | Err(Errno::ROFS) | Err(Errno::PERM) | Err(Errno::ACCESS) => {}
             Err(e) => return Err(e).at(Op::SetTimes, || objects.join(&rel)),
         }
+        self.live_counters().hits.fetch_add(1, Ordering::Relaxed);
         Ok(Some(LoadGuard {
-            cache: self,
+            cache: PhantomData,
             name: name.to_owned(),
             data: objects.join(name).join(DATA),
-            lock,
+            info,
+            lock: lock.released_by_close(),
         }))
+    }
+}
+
+impl FsCache {
+    fn missed<T>(&self) -> Option<T> {
+        self.live_counters().misses.fetch_add(1, Ordering::Relaxed);
+        None
     }
 }
 
@@ -139,17 +135,10 @@ impl LoadGuard<'_> {
         &self.name
     }
 
-    /// The entry's `object.info`: its size and the boot that made it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if it cannot be read; [`Error::Corrupt`] if it is not
-    /// the JSON the format requires.
-    pub fn info(&self) -> Result<ObjectInfo> {
-        let objects = self.cache.objects();
-        let rel = format!("{}/{OBJECT_INFO}", self.name);
-        read_object_info(objects.as_fd(), &rel, &objects.join(&rel))?
-            .ok_or_else(|| Error::corrupt(objects.join(&rel), "not a valid object.info"))
+    /// The entry's `object.info`, as read when it was loaded: its size and
+    /// the boot that made it.
+    pub fn info(&self) -> &ObjectInfo {
+        &self.info
     }
 
     /// Release the entry, reporting failure (dropping does the same).

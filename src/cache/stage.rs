@@ -8,7 +8,7 @@ use rustix::fs::{mkdirat, Mode};
 
 use crate::atomic::AnonymousDir;
 use crate::error::{IoContext, Op, Result};
-use crate::info::DATA;
+use crate::layout::DATA;
 use crate::FsCache;
 
 /// A private scratch directory; [`StageGuard::path`] is its empty `data/`.

@@ -4,12 +4,13 @@ use std::fmt;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{mkdirat, openat, unlinkat, AtFlags, Mode, OFlags};
+use rustix::fs::{mkdirat, Mode};
 use rustix::io::Errno;
 
-use crate::atomic::{unlink_info, write_all, AnonymousDir, Dir};
+use crate::atomic::AnonymousDir;
 use crate::error::{Error, IoContext, Op, Result};
-use crate::info::{MaxSize, ObjectInfo, DATA, OBJECT_INFO};
+use crate::info::{MaxSize, ObjectInfo};
+use crate::layout::DATA;
 use crate::name::validate_name;
 use crate::tree;
 use crate::FsCache;
@@ -226,7 +227,10 @@ impl<'c> StoreGuard<'c> {
             creation_boot_id: Some(cache.boot_id().to_owned()),
             size,
         };
-        if !cache.account(entry, &object_info, &info)? {
+        let accounted = cache
+            .accounting()
+            .account(entry, &object_info, &info, |want| cache.evict_lru(want))?;
+        if !accounted {
             self.abort_in_place()?;
             return Ok(Commit::NoRoom { size });
         }
@@ -236,15 +240,17 @@ impl<'c> StoreGuard<'c> {
                 crate::failpoint!("commit-after-rename");
                 // Committed: releasing the lock publishes it.
                 self.entry = None;
+                let stored = &cache.live_counters().stored;
+                stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(Commit::Stored { size })
             }
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => {
-                cache.give_back(entry.dir(), size)?;
+                cache.accounting().give_back(entry.dir(), size)?;
                 self.abort_in_place()?;
                 Ok(Commit::NameTaken)
             }
             Err(e) => {
-                cache.give_back(entry.dir(), size)?;
+                cache.accounting().give_back(entry.dir(), size)?;
                 Err(Error::Rename {
                     from: entry.path().to_owned(),
                     to: objects.join(&self.name),
@@ -262,54 +268,5 @@ impl<'c> StoreGuard<'c> {
 impl Drop for StoreGuard<'_> {
     fn drop(&mut self) {
         let _ = self.abort_in_place();
-    }
-}
-
-impl FsCache {
-    /// In the size critical section: add `info.size` to `cache.size` (making
-    /// room if needed) and write the entry's `object.info`. Returns false if
-    /// it does not fit. The size goes up before `object.info` appears, so a
-    /// crash in between overcounts but never undercounts.
-    pub(crate) fn account(
-        &self,
-        entry: &AnonymousDir<'_>,
-        info: &ObjectInfo,
-        cfg: &crate::CacheInfo,
-    ) -> Result<bool> {
-        let Some(mut size_lock) = self.make_room(info.size, cfg)? else {
-            return Ok(false);
-        };
-        let current = size_lock.value()?;
-        size_lock.set(current.saturating_add(info.size))?;
-        let path = entry.path().join(OBJECT_INFO);
-        let written = openat(
-            entry.dir().as_fd(),
-            OBJECT_INFO,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        )
-        .at(Op::Create, || path.clone())
-        .and_then(|fd| write_all(fd.as_fd(), &info.to_json(), &path));
-        if let Err(e) = written {
-            let _ = unlinkat(entry.dir().as_fd(), OBJECT_INFO, AtFlags::empty());
-            size_lock.set(current)?;
-            return Err(e);
-        }
-        Ok(true)
-    }
-
-    /// In the size critical section: unlink the `object.info` of the entry
-    /// `dir` and give `size` back, if it had one. Returns the bytes given
-    /// back. `cache.size` is read first, so that a corrupt one fails before
-    /// the entry is touched.
-    pub(crate) fn give_back(&self, dir: &Dir, size: u64) -> Result<u64> {
-        let mut size_lock = self.lock_size()?;
-        let current = size_lock.value()?;
-        if !unlink_info(dir)? {
-            return Ok(0);
-        }
-        crate::failpoint!("give-back-after-info-unlink");
-        size_lock.set(current.saturating_sub(size))?;
-        Ok(size)
     }
 }

@@ -3,8 +3,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::Result;
-use crate::maint::stats::is_live;
-use crate::maint::victim::{Batch, Removal};
+use crate::layout::committed;
+use crate::maint::scan::{is_live, scan, Kind};
+use crate::maint::victim::{Batch, Candidate, Removal, Take};
 use crate::maint::{SweepReport, Unremovable};
 use crate::name::validate_name;
 use crate::FsCache;
@@ -12,6 +13,7 @@ use crate::FsCache;
 /// What [`FsCache::evict`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
+#[non_exhaustive]
 pub enum Eviction {
     /// Removed, giving back `size` bytes.
     Removed {
@@ -22,6 +24,9 @@ pub enum Eviction {
     NotFound,
     /// Someone holds it (a reader, or its remover); it stays.
     InUse,
+    /// Another user's, with modes that keep us from locking it for
+    /// removal; it stays.
+    Denied,
 }
 
 /// Why [`FsCache::gc`] removed an entry.
@@ -66,6 +71,9 @@ pub struct GcReport {
     pub freed: u64,
     /// Entries that qualified but were in use, so stayed.
     pub in_use: u64,
+    /// Entries that qualified but are another user's, with modes that keep
+    /// us from removing them (skipped like entries in use).
+    pub denied: u64,
     /// What the orphan sweep removed (empty in a dry run).
     pub sweep: SweepReport,
     /// In a dry run, the orphans a sweep would remove.
@@ -85,6 +93,8 @@ pub struct ClearReport {
     pub freed: u64,
     /// Entries in use, left in place.
     pub in_use: u64,
+    /// Entries another user's modes keep us from removing, left in place.
+    pub denied: u64,
     /// What the orphan sweep removed.
     pub sweep: SweepReport,
     /// Entries taken out of the cache (given back, counted in `freed`)
@@ -113,25 +123,23 @@ impl FsCache {
     pub fn evict(&self, name: &str) -> Result<Eviction> {
         validate_name(name)?;
         self.require_supported()?;
-        match self.lock_victim(name, None)? {
-            Some(v) => {
+        Ok(match self.take_victim(name, None)? {
+            Take::Held(v) => {
                 // Left-overs it could not remove are debris that sweeps
                 // report; the entry itself is gone.
-                let removed = self.remove_victims(vec![v])?;
-                Ok(Eviction::Removed {
+                let removed = self.remove_victims(vec![*v])?;
+                Eviction::Removed {
                     size: removed.first().map_or(0, |gone| gone.size),
-                })
+                }
             }
-            None if self.entry_exists(name) => Ok(Eviction::InUse),
-            None => Ok(Eviction::NotFound),
-        }
+            Take::InUse => Eviction::InUse,
+            Take::Denied => Eviction::Denied,
+            Take::Gone => Eviction::NotFound,
+        })
     }
 
-    fn entry_exists(&self, name: &str) -> bool {
-        rustix::fs::statat(self.objects(), name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok()
-    }
-
-    /// Remove every entry nobody holds, and every orphan.
+    /// Remove every entry nobody holds, and every orphan; `cache.size` is
+    /// exact afterwards.
     ///
     /// # Errors
     ///
@@ -145,24 +153,29 @@ impl FsCache {
         };
         let mut batch = Batch::new(self);
         for c in self.lru_candidates()? {
-            match self.lock_victim(&c.name, None)? {
-                Some(v) => batch.push(v, ())?,
-                None => report.in_use += u64::from(self.entry_exists(&c.name)),
+            match self.take_victim(&c.name, None)? {
+                Take::Held(v) => batch.push(*v, ())?,
+                Take::InUse => report.in_use += 1,
+                Take::Denied => report.denied += 1,
+                Take::Gone => {}
             }
         }
         for Removal { gone, .. } in batch.finish()? {
-            report.freed += gone.size;
+            report.freed = report.freed.saturating_add(gone.size);
             match gone.stuck {
                 None => report.removed += 1,
                 Some(why) => report.unremovable.push(why),
             }
         }
+        self.end_exact()?;
         Ok(report)
     }
 
     /// Collect garbage: sweep orphans, remove entries unused for longer
     /// than `max_age`, then least recently used entries until at most
     /// `max_size` bytes are accounted. Entries in use are skipped.
+    /// `cache.size` is exact afterwards (unless this is a dry run, which
+    /// changes nothing).
     ///
     /// # Errors
     ///
@@ -188,48 +201,39 @@ impl FsCache {
         } else {
             report.sweep = self.sweep_orphans()?;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let cutoff = options.max_age.map(|age| now.saturating_sub(age));
-        let mut accounted = self.accounted_size().unwrap_or(0);
+        let mut plan = Plan::new(options, self.accounted_size().unwrap_or(0));
         let mut batch = Batch::new(self);
         for c in self.lru_candidates()? {
-            let last = Duration::new(
-                c.last_use.0.max(0) as u64,
-                c.last_use.1.clamp(0, 999_999_999) as u32,
-            );
-            let reason = match (cutoff, options.max_size) {
-                (Some(cut), _) if last < cut => Reason::Age,
-                (_, Some(max)) if accounted > max => Reason::Size,
-                _ => continue,
+            let Some(reason) = plan.reason(&c) else {
+                continue;
             };
-            if options.dry_run {
-                if is_live(self.objects(), &c.name, true)? {
-                    report.in_use += 1;
-                } else if let Some(oi) =
-                    crate::maint::stats::read_object_info(self.objects(), &c.name)?
-                {
-                    accounted = accounted.saturating_sub(oi.size);
-                    report.freed += oi.size;
+            // A dry run asks what the removal would find, taking no lock.
+            let outcome = if options.dry_run {
+                self.probe_victim(&c.name)?
+            } else {
+                Found::Take(self.take_victim(&c.name, Some(c.last_use))?)
+            };
+            match outcome {
+                Found::Take(Take::Held(v)) => {
+                    plan.removing(v.size.unwrap_or(0));
+                    batch.push(*v, reason)?;
+                }
+                Found::Would { size } => {
+                    plan.removing(size);
+                    report.freed = report.freed.saturating_add(size);
                     report.removed.push(Removed {
                         name: c.name,
-                        size: oi.size,
+                        size,
                         reason,
                     });
                 }
-                continue;
-            }
-            match self.lock_victim(&c.name, Some(c.last_use))? {
-                Some(v) => {
-                    accounted = accounted.saturating_sub(v.size.unwrap_or(0));
-                    batch.push(v, reason)?;
-                }
-                None => report.in_use += 1,
+                Found::Take(Take::InUse) => report.in_use += 1,
+                Found::Take(Take::Denied) => report.denied += 1,
+                Found::Take(Take::Gone) => {}
             }
         }
         for Removal { gone, tag } in batch.finish()? {
-            report.freed += gone.size;
+            report.freed = report.freed.saturating_add(gone.size);
             match gone.stuck {
                 None => report.removed.push(Removed {
                     name: gone.name,
@@ -239,22 +243,99 @@ impl FsCache {
                 Some(why) => report.unremovable.push(why),
             }
         }
+        if !options.dry_run {
+            self.end_exact()?;
+        }
         Ok(report)
+    }
+
+    /// End a removal pass with `cache.size` exact, so that phantom bytes
+    /// left by crashes go with the entries. Where we may not write it (a
+    /// read-only cache, or another user's `cache.size`) nothing of ours
+    /// changed it either, and the pass stands as it is.
+    fn end_exact(&self) -> Result<()> {
+        match self.accounting().resync() {
+            Err(e)
+                if e.is_denied() || e.errno() == Some(rustix::io::Errno::ROFS.raw_os_error()) =>
+            {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
     }
 
     fn count_orphans(&self) -> Result<u64> {
         let mut n = 0;
-        for dir in [self.objects(), self.stage_dir()] {
-            for (name, kind) in crate::tree::list(dir)? {
-                let is_dir = kind == rustix::fs::FileType::Directory;
-                if name.starts_with("uuid-")
-                    && (is_dir || kind == rustix::fs::FileType::RegularFile)
-                    && !is_live(dir, &name, is_dir)?
-                {
+        for (dir, holds_entries) in [(self.objects(), true), (self.stage_dir(), false)] {
+            for child in scan(dir, holds_entries)? {
+                if child.kind != Kind::Named && !is_live(dir, &child.name, child.kind)? {
                     n += 1;
                 }
             }
         }
         Ok(n)
+    }
+}
+
+/// Which entries gc removes, and why: decided entry by entry in LRU order,
+/// the same for a dry run and for the real thing.
+struct Plan {
+    cutoff: Option<Duration>,
+    max_size: Option<u64>,
+    /// What would be accounted once the entries chosen so far are gone.
+    accounted: u64,
+}
+
+impl Plan {
+    fn new(options: &GcOptions, accounted: u64) -> Plan {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Plan {
+            cutoff: options.max_age.map(|age| now.saturating_sub(age)),
+            max_size: options.max_size,
+            accounted,
+        }
+    }
+
+    /// Why `c` goes, if it does.
+    fn reason(&self, c: &Candidate) -> Option<Reason> {
+        let (sec, nsec) = c.last_use;
+        let last = Duration::new(
+            u64::try_from(sec).unwrap_or(0),
+            nsec.clamp(0, 999_999_999) as u32,
+        );
+        match (self.cutoff, self.max_size) {
+            (Some(cut), _) if last < cut => Some(Reason::Age),
+            (_, Some(max)) if self.accounted > max => Some(Reason::Size),
+            _ => None,
+        }
+    }
+
+    fn removing(&mut self, size: u64) {
+        self.accounted = self.accounted.saturating_sub(size);
+    }
+}
+
+/// What gc finds at a candidate: a dry run's answer, or a real one.
+enum Found {
+    /// A dry run: it would be removed, giving back `size`.
+    Would {
+        size: u64,
+    },
+    Take(Take),
+}
+
+impl FsCache {
+    /// What [`FsCache::take_victim`] would find, taking nothing (the lock
+    /// is asked with `F_OFD_GETLK`). An invalid entry is left to the sweep.
+    fn probe_victim(&self, name: &str) -> Result<Found> {
+        if is_live(self.objects(), name, Kind::Named)? {
+            return Ok(Found::Take(Take::InUse));
+        }
+        Ok(match committed(self.objects(), name, None)? {
+            Some(info) => Found::Would { size: info.size },
+            None => Found::Take(Take::Gone),
+        })
     }
 }

@@ -4,14 +4,13 @@
 use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{statat, AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{statat, AtFlags, Mode, OFlags};
 
-use crate::atomic::{Dir, LOCK_FILE};
 use crate::beneath::open_beneath;
-use crate::error::{IoContext, Op, Result};
-use crate::info::{MaxSize, ObjectInfo, DATA, OBJECT_INFO};
-use crate::lock::{conflicting, LockKind};
-use crate::maint::sweep::is_before;
+use crate::error::Result;
+use crate::info::MaxSize;
+use crate::layout::{committed, in_entry, DATA, LOCK_FILE};
+use crate::maint::scan::{boot_time, is_before, is_live, scan, Kind};
 use crate::tree;
 use crate::FsCache;
 
@@ -51,46 +50,17 @@ pub struct Stats {
 pub struct ResyncReport {
     /// `cache.size` before, `None` if it was corrupt.
     pub before: Option<u64>,
-    /// `cache.size` now: the sum over named entries and live anonymous ones.
+    /// `cache.size` now: the sum of the `object.info` sizes present.
     pub after: u64,
     /// What the sweep that came first removed.
     pub sweep: crate::SweepReport,
 }
 
-/// The wall-clock second the system booted, if it can be told.
-pub(crate) fn boot_time() -> Option<i64> {
-    let up = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
-    Some(now.as_secs() as i64 - up.tv_sec)
-}
-
 fn to_time(sec: i64, nsec: i64) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec.clamp(0, 999_999_999) as u32)
-    } else {
-        UNIX_EPOCH
+    match u64::try_from(sec) {
+        Ok(sec) => UNIX_EPOCH + Duration::new(sec, nsec.clamp(0, 999_999_999) as u32),
+        Err(_) => UNIX_EPOCH,
     }
-}
-
-/// Whether the anonymous entry or file `name` in `dir` is held by a live
-/// owner, asked with `F_OFD_GETLK` so that looking takes no lock.
-pub(crate) fn is_live(dir: &Dir, name: &str, is_dir: bool) -> Result<bool> {
-    let rel = if is_dir {
-        format!("{name}/{LOCK_FILE}")
-    } else {
-        name.to_owned()
-    };
-    match open_beneath(dir.as_fd(), &rel, OFlags::RDONLY, Mode::empty()) {
-        Ok(fd) => Ok(conflicting(&fd, LockKind::Exclusive, &dir.join(&rel))?.is_some()),
-        Err(e) if crate::error::not_a_file(e) => Ok(false),
-        Err(e) => Err(e).at(Op::Open, || dir.join(&rel)),
-    }
-}
-
-/// The `object.info` of the entry `name` in `dir`, if it has a valid one.
-pub(crate) fn read_object_info(dir: &Dir, name: &str) -> Result<Option<ObjectInfo>> {
-    let rel = format!("{name}/{OBJECT_INFO}");
-    crate::cache::read_object_info(dir.as_fd(), &rel, &dir.join(&rel))
 }
 
 impl FsCache {
@@ -131,31 +101,30 @@ impl FsCache {
             newest_use: None,
         };
         let objects = self.objects();
-        for (dir, may_hold_entries) in [(objects, true), (self.stage_dir(), false)] {
-            for (name, kind) in tree::list(dir)? {
-                let is_dir = kind == FileType::Directory;
-                if name.starts_with("uuid-") && (is_dir || kind == FileType::RegularFile) {
-                    if is_live(dir, &name, is_dir)? {
+        for (dir, holds_entries) in [(objects, true), (self.stage_dir(), false)] {
+            for child in scan(dir, holds_entries)? {
+                let name = child.name.as_str();
+                if child.kind != Kind::Named {
+                    if is_live(dir, name, child.kind)? {
                         s.live_anonymous += 1;
                     } else {
                         s.orphans += 1;
-                        s.orphans_from_previous_boot += u64::from(is_before(dir, &name, boot));
+                        s.orphans_from_previous_boot += u64::from(is_before(dir, name, boot));
                     }
                     continue;
                 }
-                if !may_hold_entries || !is_dir {
-                    continue;
-                }
-                let Some(oi) = read_object_info(objects, &name)? else {
+                let Some(oi) = committed(objects, name, None)? else {
                     s.invalid_entries += 1;
                     continue;
                 };
                 s.entries += 1;
-                s.recorded_bytes += oi.size;
+                // Sizes come from files anyone may have written: a total
+                // saturates rather than wraps.
+                s.recorded_bytes = s.recorded_bytes.saturating_add(oi.size);
                 if oi.creation_boot_id.as_deref() != Some(self.boot_id()) {
                     s.entries_from_previous_boot += 1;
                 }
-                let lock_rel = format!("{name}/{LOCK_FILE}");
+                let lock_rel = in_entry(name, LOCK_FILE);
                 if let Ok(st) = statat(
                     objects.as_fd(),
                     lock_rel.as_str(),
@@ -165,14 +134,15 @@ impl FsCache {
                     s.oldest_use = Some(s.oldest_use.map_or(used, |o| o.min(used)));
                     s.newest_use = Some(s.newest_use.map_or(used, |n| n.max(used)));
                 }
-                let data_rel = format!("{name}/{DATA}");
+                let data_rel = in_entry(name, DATA);
                 if let Ok(data) = open_beneath(
                     objects.as_fd(),
                     &data_rel,
                     OFlags::RDONLY | OFlags::DIRECTORY,
                     Mode::empty(),
                 ) {
-                    s.measured_bytes += tree::measure(data, &objects.join(&data_rel)).unwrap_or(0);
+                    let measured = tree::measure(data, &objects.join(&data_rel)).unwrap_or(0);
+                    s.measured_bytes = s.measured_bytes.saturating_add(measured);
                 }
             }
         }
@@ -181,9 +151,13 @@ impl FsCache {
 
     /// Make `cache.size` exact again: sweep the orphans, then, inside the
     /// size critical section, set it to the sum of the `object.info` sizes
-    /// of the named entries and of the anonymous entries whose owners are
-    /// alive. Repairs drift left by crashed processes, ours or osbuild's,
-    /// and a corrupt `cache.size`.
+    /// in `objects/` (of committed entries, and of anonymous ones that a
+    /// later sweep gives back). Repairs drift left by crashed processes,
+    /// ours or osbuild's, and a `cache.size` that holds no number or was
+    /// replaced by a link, directory or fifo (which is removed, never
+    /// followed). Stores do this themselves when they find no room with
+    /// nothing left to evict (see [`Counters::heals`](crate::Counters)),
+    /// so a resync by hand is rarely needed.
     ///
     /// While it runs, commits wait for it (it holds the size lock during a
     /// scan of `objects/`).
@@ -206,25 +180,10 @@ impl FsCache {
     /// ```
     pub fn resync(&self) -> Result<ResyncReport> {
         let sweep = self.sweep_orphans()?;
-        let objects = self.objects();
-        let mut size_lock = self.lock_size()?;
-        let before = size_lock.value().ok();
-        let mut total = 0u64;
-        for (name, kind) in tree::list(objects)? {
-            if kind != FileType::Directory {
-                continue;
-            }
-            if name.starts_with("uuid-") && !is_live(objects, &name, true)? {
-                continue;
-            }
-            if let Some(oi) = read_object_info(objects, &name)? {
-                total = total.saturating_add(oi.size);
-            }
-        }
-        size_lock.set(total)?;
+        let (before, after) = self.accounting().resync()?;
         Ok(ResyncReport {
             before,
-            after: total,
+            after,
             sweep,
         })
     }

@@ -5,15 +5,15 @@ use std::fmt;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{statat, unlinkat, AtFlags, FileType};
+use rustix::fs::{statat, unlinkat, AtFlags};
 use rustix::io::Errno;
 
-use crate::atomic::{remove_entry, Dir, LOCK_FILE};
-use crate::cache::read_object_info;
+use crate::atomic::Dir;
 use crate::error::{Error, IoContext, Op, Result};
-use crate::info::OBJECT_INFO;
+use crate::layout::{in_entry, is_regular, read_info, remove_entry, LOCK_FILE, OBJECT_INFO};
 use crate::lock::{LockKind, Wait};
-use crate::maint::victim::is_gone;
+use crate::maint::scan::{boot_time, is_before, scan, Kind};
+use crate::maint::victim::{is_gone, Take};
 use crate::FsCache;
 
 /// What [`FsCache::sweep_orphans`] removed.
@@ -38,6 +38,16 @@ pub struct SweepReport {
     /// them, say. Each was given back first, so the accounting is right;
     /// the sweep goes on past them.
     pub unremovable: Vec<Unremovable>,
+    /// Anonymous directories without a lock file that are not empty, left
+    /// in place. No protocol makes one (a creator links its lock before it
+    /// puts anything in; a remover empties the directory before it unlinks
+    /// the lock), so each is debris of another tool or of a hand; but a
+    /// cleaner may only ever `rmdir` a lockless directory (see
+    /// [`FsCache::sweep_orphans`]), so it is for a person to look at.
+    pub lockless: Vec<PathBuf>,
+    /// Orphans and invalid entries we may not lock or remove (another
+    /// user's, with modes that keep us out): skipped like entries in use.
+    pub denied: u64,
 }
 
 /// An orphan that [`FsCache::sweep_orphans`] could not remove, and why.
@@ -80,19 +90,20 @@ impl fmt::Display for Unremovable {
     }
 }
 
-/// How many times an orphan is re-examined when a creator keeps racing us.
-const ADOPT_TRIES: usize = 3;
-
 impl FsCache {
     /// Remove every orphan: `uuid-*` directories in `objects/` and `stage/`
-    /// and `uuid-*` files in `objects/` whose lock nobody holds, giving
-    /// back the size of any that had been accounted; and named entries
-    /// without a valid `object.info` that nobody holds.
+    /// and `uuid-*` files whose lock nobody holds, giving back the size of
+    /// any that had been accounted; and named entries that are not valid
+    /// (see the crate docs) and that nobody holds.
     ///
     /// Liveness is decided by the lock alone, never by age. An anonymous
-    /// directory that has no lock file yet may belong to a creator between
-    /// two steps: the sweep claims it by linking a lock of its own into
-    /// it, which makes such a creator start again under a new name.
+    /// directory without a lock file may belong to a creator between its
+    /// `mkdir` and the link of its lock, or to a remover between the unlink
+    /// of its lock and its `rmdir` (ours or osbuild's): the sweep only ever
+    /// tries `rmdir` on it, which succeeds only while it is empty, and puts
+    /// nothing into it. Such a directory that is not empty is left in
+    /// place and listed in [`SweepReport::lockless`]: it is no state of any
+    /// protocol, and who made it is for a person to find out.
     ///
     /// # Errors
     ///
@@ -114,41 +125,36 @@ impl FsCache {
     pub fn sweep_orphans(&self) -> Result<SweepReport> {
         self.require_supported()?;
         let mut report = SweepReport::default();
-        let boot = crate::maint::stats::boot_time();
-        for (dir, accounted) in [(self.objects(), true), (self.stage_dir(), false)] {
-            for (name, kind) in crate::tree::list(dir)? {
-                let anonymous = name.starts_with("uuid-");
-                match kind {
-                    FileType::Directory if anonymous => {
-                        let old = is_before(dir, &name, boot);
-                        match self.reap_anonymous(dir, &name, accounted)? {
-                            Reaped::Removed(bytes) => {
-                                report.orphan_dirs += 1;
-                                report.bytes_given_back += bytes;
-                                report.from_previous_boot += u64::from(old);
-                            }
-                            Reaped::Stuck(bytes, why) => {
-                                report.bytes_given_back += bytes;
-                                report.unremovable.push(why);
-                            }
-                            Reaped::Live => report.live += 1,
-                            Reaped::Gone => {}
+        let boot = boot_time();
+        for (dir, holds_entries) in [(self.objects(), true), (self.stage_dir(), false)] {
+            for child in scan(dir, holds_entries)? {
+                let name = child.name.as_str();
+                let old = is_before(dir, name, boot);
+                let reaped = match child.kind {
+                    Kind::AnonymousDir => self.reap_anonymous(dir, name, holds_entries)?,
+                    Kind::AnonymousFile => reap_file(dir, name)?,
+                    Kind::Named => self.reap_invalid(name)?,
+                };
+                match reaped {
+                    Reaped::Removed(bytes) => {
+                        report.bytes_given_back = report.bytes_given_back.saturating_add(bytes);
+                        match child.kind {
+                            Kind::AnonymousDir => report.orphan_dirs += 1,
+                            Kind::AnonymousFile => report.orphan_files += 1,
+                            Kind::Named => report.invalid_entries += 1,
                         }
-                    }
-                    FileType::RegularFile if anonymous => {
-                        let old = is_before(dir, &name, boot);
-                        if reap_file(dir, &name)? {
-                            report.orphan_files += 1;
+                        if child.kind != Kind::Named {
                             report.from_previous_boot += u64::from(old);
                         }
                     }
-                    FileType::Directory if accounted => match self.reap_invalid(&name)? {
-                        Reaped::Removed(_) => report.invalid_entries += 1,
-                        Reaped::Stuck(_, why) => report.unremovable.push(why),
-                        Reaped::Live | Reaped::Gone => {}
-                    },
-                    // Links, devices and foreign files: not ours to judge.
-                    _ => {}
+                    Reaped::Stuck(bytes, why) => {
+                        report.bytes_given_back = report.bytes_given_back.saturating_add(bytes);
+                        report.unremovable.push(why);
+                    }
+                    Reaped::Lockless => report.lockless.push(dir.join(name)),
+                    Reaped::Live => report.live += 1,
+                    Reaped::Denied => report.denied += 1,
+                    Reaped::Gone => {}
                 }
             }
         }
@@ -158,76 +164,77 @@ impl FsCache {
     /// Remove the anonymous directory `name` in `dir` unless its owner is
     /// alive.
     fn reap_anonymous(&self, dir: &Dir, name: &str, accounted: bool) -> Result<Reaped> {
-        let rel = format!("{name}/{LOCK_FILE}");
-        let mut tries = 0;
-        let lock = loop {
-            tries += 1;
-            match dir.lock(&rel, LockKind::Exclusive, Wait::Never) {
-                Ok(lock) => break lock,
+        let rel = in_entry(name, LOCK_FILE);
+        // A lock that appears while we look makes us look once more.
+        for _ in 0..2 {
+            let lock = match dir.lock(&rel, LockKind::Exclusive, Wait::Never) {
+                Ok(lock) => lock,
                 Err(Error::WouldBlock { .. }) => return Ok(Reaped::Live),
-                Err(e)
-                    if e.errno() == Some(Errno::NOENT.raw_os_error()) && tries <= ADOPT_TRIES =>
-                {
-                    // No lock file: a crash, or a creator between mkdir and
-                    // link. Claim it with a lock of our own.
-                    let entry = match dir.open_dir(name) {
-                        Ok(entry) => entry,
-                        Err(e) if is_gone(&e) => return Ok(Reaped::Gone),
-                        Err(e) => return Err(e),
-                    };
-                    match dir.link_new_lock(&entry)? {
-                        Some(lock) => break lock,
+                Err(e) if e.errno() == Some(Errno::NOENT.raw_os_error()) => {
+                    match reap_lockless(dir, name)? {
+                        Some(reaped) => return Ok(reaped),
                         None => continue,
                     }
                 }
                 Err(e) if is_gone(&e) => return Ok(Reaped::Gone),
+                Err(e) if e.is_denied() => return Ok(Reaped::Denied),
                 Err(e) => return Err(e),
+            };
+            if !lock.locked_stat().is_some_and(is_regular) {
+                // A fifo or device where the lock belongs: not ours.
+                return Ok(Reaped::Gone);
             }
-        };
-        crate::failpoint!("sweep-after-lock");
-        let entry = match dir.open_dir(name) {
-            Ok(entry) => entry,
-            Err(e) if is_gone(&e) => return Ok(Reaped::Gone),
-            Err(e) => return Err(e),
-        };
-        let mut bytes = 0;
-        if accounted {
-            let recorded = read_object_info(entry.as_fd(), OBJECT_INFO, &entry.join(OBJECT_INFO))?;
-            bytes = self.give_back(&entry, recorded.map_or(0, |i| i.size))?;
+            crate::failpoint!("sweep-after-lock");
+            let entry = match dir.open_dir(name) {
+                Ok(entry) => entry,
+                Err(e) if is_gone(&e) => return Ok(Reaped::Gone),
+                Err(e) => return Err(e),
+            };
+            let mut bytes = 0;
+            if accounted {
+                let recorded = read_info(entry.as_fd(), OBJECT_INFO, &entry.join(OBJECT_INFO))?;
+                bytes = self
+                    .accounting()
+                    .give_back(&entry, recorded.map_or(0, |i| i.size))?;
+            }
+            // Whatever stops the removal of one orphan (another user's
+            // files in it, a directory moved under the walk) must not stop
+            // the sweep of all the others, nor everything that sweeps first.
+            let reaped = match remove_entry(dir, name, &entry) {
+                Ok(()) => Reaped::Removed(bytes),
+                Err(e) => Reaped::Stuck(bytes, Unremovable::from_error(entry.path(), e)?),
+            };
+            drop(lock);
+            return Ok(reaped);
         }
-        // Whatever stops the removal of one orphan (another user's files
-        // in it, a directory moved under the walk) must not stop the sweep
-        // of all the others, nor everything that sweeps first.
-        let reaped = match remove_entry(dir, name, &entry) {
-            Ok(()) => Reaped::Removed(bytes),
-            Err(e) => Reaped::Stuck(bytes, Unremovable::from_error(entry.path(), e)?),
-        };
-        drop(lock);
-        Ok(reaped)
+        Ok(Reaped::Live)
     }
 
-    /// Remove the named entry `name` if it has no valid `object.info` and
-    /// nobody holds it.
+    /// Remove the named entry `name` if it is not a valid one and nobody
+    /// holds it, giving back what its `object.info` accounted, if any.
     fn reap_invalid(&self, name: &str) -> Result<Reaped> {
-        if self.has_valid_info(name)? {
+        if crate::layout::committed(self.objects(), name, None)?.is_some() {
             return Ok(Reaped::Gone);
         }
-        let Some(victim) = self.lock_victim(name, None)? else {
-            return Ok(Reaped::Live);
+        let victim = match self.take_victim(name, None)? {
+            Take::Held(victim) => victim,
+            Take::InUse => return Ok(Reaped::Live),
+            Take::Denied => return Ok(Reaped::Denied),
+            Take::Gone => return Ok(Reaped::Gone),
         };
-        // Recheck under the lock: a creator may have been mid-commit.
-        if victim.size.is_some() {
+        // Recheck under the lock: where RENAME_NOREPLACE is missing, a
+        // committer's plain rename may have put a new entry at the name.
+        if crate::layout::committed(self.objects(), name, victim.locked_stat())?.is_some() {
             return Ok(Reaped::Gone);
         }
-        let path = self.objects().join(name);
-        Ok(match victim.remove_unaccounted(self.objects()) {
-            Ok(()) => Reaped::Removed(0),
-            Err(e) => Reaped::Stuck(0, Unremovable::from_error(&path, e)?),
+        let gone = self.remove_victims(vec![*victim])?;
+        Ok(match gone.into_iter().next() {
+            Some(gone) => match gone.stuck {
+                None => Reaped::Removed(gone.size),
+                Some(why) => Reaped::Stuck(gone.size, why),
+            },
+            None => Reaped::Gone,
         })
-    }
-
-    fn has_valid_info(&self, name: &str) -> Result<bool> {
-        Ok(crate::maint::stats::read_object_info(self.objects(), name)?.is_some())
     }
 }
 
@@ -236,34 +243,54 @@ enum Reaped {
     Removed(u64),
     /// Given back this many bytes, but not removed.
     Stuck(u64, Unremovable),
+    /// An anonymous directory without a lock, not empty, left in place.
+    Lockless,
     /// In use.
     Live,
-    /// Not an orphan (any more): removed by someone else, or valid.
+    /// Another user's, and we may not lock or remove it.
+    Denied,
+    /// Not an orphan (any more): removed by someone else, valid, or not a
+    /// file of the format's.
     Gone,
 }
 
+/// What a cleaner may do to an anonymous directory without a lock file:
+/// `rmdir` it while it is empty (FORMAT.md, "Cleaning up"). `None` if a
+/// lock file has appeared since: look again.
+fn reap_lockless(dir: &Dir, name: &str) -> Result<Option<Reaped>> {
+    match unlinkat(dir.as_fd(), name, AtFlags::REMOVEDIR) {
+        Ok(()) => return Ok(Some(Reaped::Removed(0))),
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) => return Ok(Some(Reaped::Gone)),
+        Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => {}
+        Err(Errno::ACCESS) | Err(Errno::PERM) => return Ok(Some(Reaped::Denied)),
+        Err(e) => return Err(e).at(Op::RemoveDir, || dir.join(name)),
+    }
+    let rel = in_entry(name, LOCK_FILE);
+    match statat(dir.as_fd(), rel.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        // A creator linked its lock in after we looked, and began to fill.
+        Ok(_) => return Ok(None),
+        Err(Errno::NOENT) => {}
+        Err(Errno::NOTDIR) => return Ok(Some(Reaped::Gone)),
+        Err(e) => return Err(e).at(Op::Stat, || dir.join(&rel)),
+    }
+    Ok(Some(Reaped::Lockless))
+}
+
 /// Remove the temporary file `name` unless its writer holds it.
-fn reap_file(dir: &Dir, name: &str) -> Result<bool> {
+fn reap_file(dir: &Dir, name: &str) -> Result<Reaped> {
     let lock = match dir.lock(name, LockKind::Exclusive, Wait::Never) {
         Ok(lock) => lock,
-        Err(Error::WouldBlock { .. }) => return Ok(false),
-        Err(e) if is_gone(&e) => return Ok(false),
+        Err(Error::WouldBlock { .. }) => return Ok(Reaped::Live),
+        Err(e) if is_gone(&e) => return Ok(Reaped::Gone),
+        Err(e) if e.is_denied() => return Ok(Reaped::Denied),
         Err(e) => return Err(e),
     };
-    let removed = match unlinkat(dir.as_fd(), name, AtFlags::empty()) {
-        Ok(()) => true,
-        Err(Errno::NOENT) => false,
+    let reaped = match unlinkat(dir.as_fd(), name, AtFlags::empty()) {
+        Ok(()) => Reaped::Removed(0),
+        Err(Errno::NOENT) => Reaped::Gone,
+        Err(Errno::ACCESS) | Err(Errno::PERM) => Reaped::Denied,
         Err(e) => return Err(e).at(Op::Unlink, || dir.join(name)),
     };
     drop(lock);
-    Ok(removed)
-}
-
-/// Whether `name` in `dir` was last changed before `boot` (seconds since
-/// the epoch).
-pub(crate) fn is_before(dir: &Dir, name: &str, boot: Option<i64>) -> bool {
-    match (boot, statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)) {
-        (Some(boot), Ok(st)) => st.st_ctime < boot,
-        _ => false,
-    }
+    Ok(reaped)
 }

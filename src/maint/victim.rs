@@ -2,16 +2,17 @@
 
 use std::os::fd::AsFd;
 
-use rustix::fs::{fstat, statat, AtFlags, FileType, OFlags};
+use rustix::fs::{statat, AtFlags, OFlags, Stat};
 use rustix::io::Errno;
 
-use crate::atomic::{remove_entry, unlink_info, Dir, LOCK_FILE};
-use crate::cache::read_object_info;
+use crate::atomic::Dir;
 use crate::error::{Error, IoContext, Op, Result};
-use crate::info::OBJECT_INFO;
+use crate::layout::{
+    in_entry, is_regular, read_info, remove_entry, unlink_info, LOCK_FILE, OBJECT_INFO,
+};
 use crate::lock::{FileLock, LockKind, Wait};
+use crate::maint::scan::{scan, Kind};
 use crate::maint::Unremovable;
-use crate::tree;
 use crate::FsCache;
 
 /// How many entries one size critical section gives back at once: enough
@@ -39,6 +40,27 @@ pub(crate) struct Victim {
     lock: FileLock,
 }
 
+/// What [`FsCache::take_victim`] found.
+#[derive(Debug)]
+pub(crate) enum Take {
+    /// Held exclusively: ours to remove.
+    Held(Box<Victim>),
+    /// Someone holds it, or used it since it was chosen.
+    InUse,
+    /// Another user's, with modes that keep us from locking it for removal.
+    Denied,
+    /// Not there (any more), or not an entry we may remove: its lock file is
+    /// missing or not a regular file.
+    Gone,
+}
+
+impl Victim {
+    /// The lock file's status when it was locked.
+    pub(crate) fn locked_stat(&self) -> Option<&Stat> {
+        self.lock.locked_stat()
+    }
+}
+
 fn last_use(st: &rustix::fs::Stat) -> LastUse {
     (st.st_atime, st.st_atime_nsec as i64)
 }
@@ -48,14 +70,14 @@ impl FsCache {
     pub(crate) fn lru_candidates(&self) -> Result<Vec<Candidate>> {
         let objects = self.objects();
         let mut out = Vec::new();
-        for (name, kind) in tree::list(objects)? {
-            if kind != FileType::Directory || name.starts_with("uuid-") {
+        for child in scan(objects, true)? {
+            if child.kind != Kind::Named {
                 continue;
             }
-            let rel = format!("{name}/{LOCK_FILE}");
+            let rel = in_entry(&child.name, LOCK_FILE);
             match statat(objects.as_fd(), rel.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) => out.push(Candidate {
-                    name,
+                    name: child.name,
                     last_use: last_use(&st),
                 }),
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) => {}
@@ -70,11 +92,11 @@ impl FsCache {
         Ok(out)
     }
 
-    /// Take entry `name` exclusively without waiting. `None` if it is in
-    /// use, gone, or (with `seen`) used since it was chosen.
-    pub(crate) fn lock_victim(&self, name: &str, seen: Option<LastUse>) -> Result<Option<Victim>> {
+    /// Take entry `name` exclusively without waiting, unless it is in use,
+    /// gone, another user's, or (with `seen`) used since it was chosen.
+    pub(crate) fn take_victim(&self, name: &str, seen: Option<LastUse>) -> Result<Take> {
         let objects = self.objects();
-        let rel = format!("{name}/{LOCK_FILE}");
+        let rel = in_entry(name, LOCK_FILE);
         let open = |extra| {
             FileLock::open_at(
                 objects.as_fd(),
@@ -93,29 +115,30 @@ impl FsCache {
         };
         let lock = match lock {
             Ok(lock) => lock,
-            Err(Error::WouldBlock { .. }) => return Ok(None),
-            Err(e) if is_gone(&e) => return Ok(None),
+            Err(Error::WouldBlock { .. }) => return Ok(Take::InUse),
+            Err(e) if is_gone(&e) => return Ok(Take::Gone),
+            Err(e) if e.is_denied() => return Ok(Take::Denied),
             Err(e) => return Err(e),
         };
-        if let Some(seen) = seen {
-            let st = fstat(&lock).at(Op::Stat, || objects.join(&rel))?;
-            if last_use(&st) != seen {
-                return Ok(None);
-            }
+        let Some(st) = lock.locked_stat().filter(|st| is_regular(st)) else {
+            return Ok(Take::Gone);
+        };
+        if seen.is_some_and(|seen| last_use(st) != seen) {
+            return Ok(Take::InUse);
         }
         let dir = match objects.open_dir(name) {
             Ok(dir) => dir,
-            Err(e) if is_gone(&e) => return Ok(None),
+            Err(e) if is_gone(&e) => return Ok(Take::Gone),
+            Err(e) if e.is_denied() => return Ok(Take::Denied),
             Err(e) => return Err(e),
         };
-        let size =
-            read_object_info(dir.as_fd(), OBJECT_INFO, &dir.join(OBJECT_INFO))?.map(|i| i.size);
-        Ok(Some(Victim {
+        let size = read_info(dir.as_fd(), OBJECT_INFO, &dir.join(OBJECT_INFO))?.map(|i| i.size);
+        Ok(Take::Held(Box::new(Victim {
             name: name.to_owned(),
             size,
             dir,
             lock,
-        }))
+        })))
     }
 
     /// Evict least recently used entries until `want` bytes are freed or
@@ -127,9 +150,9 @@ impl FsCache {
             if freed >= want {
                 break;
             }
-            if let Some(v) = self.lock_victim(&c.name, Some(c.last_use))? {
+            if let Take::Held(v) = self.take_victim(&c.name, Some(c.last_use))? {
                 freed = freed.saturating_add(v.size.unwrap_or(0));
-                batch.push(v, ())?;
+                batch.push(*v, ())?;
             }
         }
         Ok(batch.finish()?.len())
@@ -143,7 +166,7 @@ impl FsCache {
             return Ok(Vec::new());
         }
         let objects = self.objects();
-        let mut size_lock = self.lock_size()?;
+        let mut size_lock = self.accounting().section()?;
         // A corrupt cache.size fails here, before any entry is touched.
         let current = size_lock.value()?;
         let mut given_back = 0u64;
@@ -180,17 +203,6 @@ impl FsCache {
             });
         }
         Ok(removed)
-    }
-}
-
-impl Victim {
-    /// Remove an entry that has no size to give back (no valid
-    /// `object.info`), so no size critical section is needed.
-    pub(crate) fn remove_unaccounted(self, objects: &Dir) -> Result<()> {
-        debug_assert!(self.size.is_none(), "{} is accounted", self.name);
-        let removed = remove_entry(objects, &self.name, &self.dir);
-        drop(self.lock);
-        removed
     }
 }
 

@@ -228,6 +228,14 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         failed = true;
                     }
                     Eviction::NotFound => println!("{name}: not found"),
+                    Eviction::Denied => {
+                        println!("{name}: another user's, kept (permission denied)");
+                        failed = true;
+                    }
+                    other => {
+                        println!("{name}: {other:?}");
+                        failed = true;
+                    }
                 }
             }
             if failed {
