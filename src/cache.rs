@@ -182,7 +182,9 @@ impl FsCache {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a low watermark outside 1..=100;
+    /// [`Error::InvalidConfig`] for a version this crate does not support
+    /// (writing one would lock every version-1 reader out), a boot id that
+    /// is not 32 lowercase hex digits, or a low watermark outside 1..=100;
     /// [`Error::UnsupportedVersion`] if the cache's version is not one this
     /// crate may write; [`Error::Corrupt`] if `cache.info` is not a JSON
     /// object (it is then never rewritten); [`Error::Io`] on I/O failure.
@@ -198,15 +200,7 @@ impl FsCache {
     /// # Ok::<(), fscache::Error>(())
     /// ```
     pub fn update_info(&self, update: &CacheInfo) -> Result<CacheInfo> {
-        if update
-            .low_watermark_percent
-            .is_some_and(|p| !(1..=100).contains(&p))
-        {
-            return Err(Error::InvalidConfig {
-                key: crate::info::LOW_WATERMARK_KEY,
-                reason: "a percentage from 1 to 100",
-            });
-        }
+        update.validate()?;
         let path = || self.root.join(layout::CACHE_INFO);
         let lock = self
             .root

@@ -48,7 +48,8 @@ impl MaxSize {
 pub struct CacheInfo {
     /// `"version"`, if it is an integer.
     pub version: Option<i64>,
-    /// `"maximum-size"`, if it is a non-negative integer or `"unlimited"`.
+    /// `"maximum-size"`: an integer (a negative one means unlimited, as
+    /// osbuild reads it) or `"unlimited"`; anything else reads as unset.
     pub maximum_size: Option<MaxSize>,
     /// `"creation-boot-id"`, if it is a string of 32 characters.
     pub creation_boot_id: Option<String>,
@@ -67,6 +68,9 @@ impl CacheInfo {
             version: map.get("version").and_then(Value::as_i64),
             maximum_size: match map.get("maximum-size") {
                 Some(Value::String(s)) if s == "unlimited" => Some(MaxSize::Unlimited),
+                // osbuild reads any negative integer as unlimited (its own
+                // tests write -1), however many digits it has.
+                Some(Value::Number(n)) if is_negative_integer(n) => Some(MaxSize::Unlimited),
                 Some(v) => v.as_u64().map(MaxSize::Bytes),
                 None => None,
             },
@@ -90,6 +94,37 @@ impl CacheInfo {
         serde_json::from_slice::<Value>(bytes)
             .map(|v| CacheInfo::from_json(&v))
             .unwrap_or_default()
+    }
+
+    /// Check the values that are set, as an update to write: only versions
+    /// this crate supports, boot ids of the format's form, watermarks of
+    /// 1 to 100 percent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) naming the key.
+    pub fn validate(&self) -> crate::Result<()> {
+        let invalid = |key, reason| Err(crate::Error::InvalidConfig { key, reason });
+        if self
+            .version
+            .is_some_and(|v| !(VERSION_MINIMUM..=VERSION_CURRENT).contains(&v))
+        {
+            return invalid("version", "a version this crate supports (1)");
+        }
+        if self
+            .creation_boot_id
+            .as_deref()
+            .is_some_and(|id| !is_boot_id(id))
+        {
+            return invalid("creation-boot-id", "32 lowercase hex digits");
+        }
+        if self
+            .low_watermark_percent
+            .is_some_and(|p| !(1..=100).contains(&p))
+        {
+            return invalid(LOW_WATERMARK_KEY, "a percentage from 1 to 100");
+        }
+        Ok(())
     }
 
     /// Whether this crate may use the object store of a cache with this
@@ -146,6 +181,22 @@ impl CacheInfo {
     }
 }
 
+/// Whether `n` is an integer below zero, of any length (the crate keeps
+/// numbers as their digits).
+fn is_negative_integer(n: &serde_json::Number) -> bool {
+    let text = n.to_string();
+    text.strip_prefix('-').is_some_and(|digits| {
+        !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && digits.bytes().any(|b| b != b'0')
+    })
+}
+
+/// Whether `id` has the form of a boot id: 32 lowercase hex digits.
+pub(crate) fn is_boot_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The parsed `object.info` of a committed entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -199,7 +250,7 @@ mod tests {
         assert_eq!(i.effective_maximum(), MaxSize::Bytes(1 << 20));
         assert_eq!(i.low_watermark(), MaxSize::Bytes((1 << 20) * 9 / 10));
         let bad = CacheInfo::parse(
-            br#"{"version": "1", "maximum-size": -5, "creation-boot-id": "short"}"#,
+            br#"{"version": "1", "maximum-size": 1.5, "creation-boot-id": "short"}"#,
         );
         assert_eq!(bad, CacheInfo::default());
         assert!(!bad.is_supported());
@@ -211,6 +262,27 @@ mod tests {
             CacheInfo::parse(br#"{"maximum-size": "unlimited"}"#).effective_maximum(),
             MaxSize::Unlimited
         );
+    }
+
+    #[test]
+    fn a_negative_maximum_means_unlimited_as_osbuild_reads_it() {
+        let max = |raw: &str| {
+            CacheInfo::parse(format!(r#"{{"version": 1, "maximum-size": {raw}}}"#).as_bytes())
+                .effective_maximum()
+        };
+        for unlimited in [
+            "-1",
+            "-5",
+            "-9223372036854775808",
+            "-123456789012345678901234567890",
+        ] {
+            assert_eq!(max(unlimited), MaxSize::Unlimited, "{unlimited}");
+        }
+        // Not negative integers: 0, or malformed (and so 0).
+        for zero in ["-0", "-1.5", "-1e3", "0", "null"] {
+            assert_eq!(max(zero), MaxSize::Bytes(0), "{zero}");
+        }
+        assert_eq!(max("7"), MaxSize::Bytes(7));
     }
 
     #[test]

@@ -947,3 +947,55 @@ fn out_of_descriptors_child() {
     );
     println!("CHILD DONE failures by step: {failures:?}");
 }
+
+// ---------------------------------------------------------------------------
+// A commit that cannot remove what it discards.
+// ---------------------------------------------------------------------------
+
+/// A mount point inside an entry's `data/` cannot be removed (`EBUSY`), so
+/// neither can the entry: a commit that settles on not keeping it must
+/// still report its outcome, and no later call may panic.
+#[test]
+fn a_commit_that_cannot_remove_its_discarded_entry_reports_the_outcome_and_never_panics(
+) -> TestResult {
+    if !is_root() {
+        println!("SKIPPED busy-entry test: it needs root to mount inside an entry");
+        return Ok(());
+    }
+    // A maximum of 0: every commit is too large, so the entry is discarded.
+    let (_t, root) = new_cache(MaxSize::Bytes(0));
+    let cache = FsCache::open(APP, &root)?;
+    let guard = cache.store("pinned")?;
+    std::fs::write(guard.path().join("f"), "x")?;
+    let mnt = guard.path().join("mnt");
+    std::fs::create_dir(&mnt)?;
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "none"])
+        .arg(&mnt)
+        .status()?;
+    if !mounted.success() {
+        println!("SKIPPED busy-entry test: mount -t tmpfs failed ({mounted})");
+        return Ok(());
+    }
+    let unmount = scopeguard::guard(mnt.clone(), |mnt| {
+        let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    });
+    let outcome = match guard.commit() {
+        Ok(outcome) => outcome,
+        // What main used to do: hand back a guard whose entry was gone.
+        Err(failed) => {
+            let again = failed.guard.commit();
+            panic!("the commit failed ({}), and again: {again:?}", failed.error);
+        }
+    };
+    assert!(matches!(outcome, Commit::TooLarge { .. }), "{outcome:?}");
+    // What could not be removed is an unlocked orphan, reported by a sweep.
+    let r = cache.sweep_orphans()?;
+    assert_eq!(r.unremovable.len(), 1, "the busy orphan is reported: {r:?}");
+    drop(unmount);
+    let r = cache.sweep_orphans()?;
+    assert_eq!(r.orphan_dirs, 1, "once free it is swept: {r:?}");
+    assert_eq!(names(&root.join("objects")), Vec::<String>::new());
+    assert_exact(&root);
+    Ok(())
+}

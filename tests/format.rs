@@ -242,3 +242,75 @@ fn a_symlink_planted_as_an_entry_is_a_miss_and_is_never_followed() -> TestResult
         .is_symlink());
     Ok(())
 }
+
+#[test]
+fn a_negative_maximum_written_by_osbuild_means_unlimited() -> TestResult {
+    for negative in ["-1", "-42", "-123456789012345678901234567890"] {
+        let (_t, root) = new_cache(MaxSize::Bytes(0));
+        std::fs::write(
+            root.join("cache.info"),
+            format!(r#"{{"version": 1, "maximum-size": {negative}}}"#),
+        )?;
+        let cache = FsCache::open("fscache-tests", &root)?;
+        assert_eq!(
+            cache.info().effective_maximum(),
+            MaxSize::Unlimited,
+            "{negative}"
+        );
+        let entry = cache.store("big")?;
+        std::fs::write(entry.path().join("f"), vec![7u8; 1 << 20])?;
+        let outcome = entry.commit().map_err(fscache::Error::from)?;
+        assert!(outcome.is_stored(), "maximum {negative}: {outcome}");
+        let hit = cache.load("big")?;
+        assert!(hit.is_some(), "{negative}");
+    }
+    Ok(())
+}
+
+#[test]
+fn update_info_refuses_what_would_lock_every_tool_out_of_the_cache() -> TestResult {
+    let (_t, root) = new_cache(MaxSize::Unlimited);
+    let cache = FsCache::open("fscache-tests", &root)?;
+    let before = std::fs::read(root.join("cache.info"))?;
+    let boot = |id: &str| fscache::CacheInfo {
+        creation_boot_id: Some(id.to_owned()),
+        ..Default::default()
+    };
+    let version = |v: i64| fscache::CacheInfo {
+        version: Some(v),
+        ..Default::default()
+    };
+    for (update, key) in [
+        (version(99), "version"),
+        (version(0), "version"),
+        (version(-1), "version"),
+        (boot("not-a-boot-id"), "creation-boot-id"),
+        (boot(&"A".repeat(32)), "creation-boot-id"),
+        (boot(&"g".repeat(32)), "creation-boot-id"),
+        (boot(&"a".repeat(31)), "creation-boot-id"),
+    ] {
+        match cache.update_info(&update) {
+            Err(fscache::Error::InvalidConfig { key: got, .. }) => {
+                assert_eq!(got, key, "{update:?}")
+            }
+            other => panic!("{update:?} was not refused: {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(root.join("cache.info"))?,
+            before,
+            "{update:?}"
+        );
+    }
+    // What is valid is written, and the cache goes on working.
+    let now = cache.update_info(&fscache::CacheInfo {
+        version: Some(1),
+        creation_boot_id: Some("0123456789abcdef0123456789abcdef".into()),
+        ..Default::default()
+    })?;
+    assert!(now.is_supported());
+    let entry = cache.store("still-works")?;
+    assert!(entry.commit().map_err(fscache::Error::from)?.is_stored());
+    let hit = cache.load("still-works")?;
+    assert!(hit.is_some());
+    Ok(())
+}

@@ -182,7 +182,10 @@ impl<'c> StoreGuard<'c> {
     /// # Errors
     ///
     /// A [`CommitError`] holding the error and this guard, its entry as
-    /// before the call.
+    /// before the call. Once an outcome is settled (the entry is too large,
+    /// finds no room, or its name is taken) the entry is removed as a drop
+    /// would remove it, and the outcome is returned even if the removal
+    /// fails: what is left is an unlocked orphan for the sweep.
     pub fn commit(mut self) -> Result<Commit, CommitError<'c>> {
         match self.try_commit() {
             Ok(outcome) => Ok(outcome),
@@ -205,22 +208,27 @@ impl<'c> StoreGuard<'c> {
 
     fn try_commit(&mut self) -> Result<Commit> {
         if self.degraded {
-            self.abort_in_place()?;
+            self.discard();
             return Ok(Commit::Unsupported);
         }
         let cache = self.cache;
         let objects = cache.objects();
-        let entry = self
-            .entry
-            .as_ref()
-            .expect("a guard holds its entry until it is consumed");
+        // A guard that comes back in a CommitError still holds its entry;
+        // only a commit that succeeded or settled an outcome lets go of it.
+        let Some(entry) = self.entry.as_ref() else {
+            return Err(Error::Rename {
+                from: self.data.clone(),
+                to: objects.join(&self.name),
+                source: Errno::NOENT.into(),
+            });
+        };
         let data = tree::open_dir(entry.dir().as_fd(), DATA).at(Op::Open, || self.data.clone())?;
         let size = tree::measure(data, &self.data)?;
         crate::failpoint!("commit-after-measure");
         let info = cache.info();
         let max = info.effective_maximum();
         if !max.admits(size) {
-            self.abort_in_place()?;
+            self.discard();
             return Ok(Commit::TooLarge { size, max });
         }
         let object_info = ObjectInfo {
@@ -231,7 +239,7 @@ impl<'c> StoreGuard<'c> {
             .accounting()
             .account(entry, &object_info, &info, |want| cache.evict_lru(want))?;
         if !accounted {
-            self.abort_in_place()?;
+            self.discard();
             return Ok(Commit::NoRoom { size });
         }
         crate::failpoint!("commit-after-info");
@@ -246,7 +254,7 @@ impl<'c> StoreGuard<'c> {
             }
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => {
                 cache.accounting().give_back(entry.dir(), size)?;
-                self.abort_in_place()?;
+                self.discard();
                 Ok(Commit::NameTaken)
             }
             Err(e) => {
@@ -260,13 +268,18 @@ impl<'c> StoreGuard<'c> {
         }
     }
 
-    fn abort_in_place(&mut self) -> Result<()> {
-        self.entry.take().map_or(Ok(()), AnonymousDir::remove)
+    /// Remove the entry once the commit has settled that it is not kept.
+    /// The outcome stands whatever the removal meets, as for a drop: what
+    /// it cannot remove (an unlocked orphan) the sweep removes or reports.
+    fn discard(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            let _ = entry.remove();
+        }
     }
 }
 
 impl Drop for StoreGuard<'_> {
     fn drop(&mut self) {
-        let _ = self.abort_in_place();
+        self.discard();
     }
 }
