@@ -220,6 +220,11 @@ impl FsCache {
             Take::Held(victim) => victim,
             Take::InUse => return Ok(Reaped::Live),
             Take::Denied => return Ok(Reaped::Denied),
+            // A removal cut short after it unlinked the lock leaves the
+            // directory empty and lockless: what a cleaner may `rmdir`.
+            Take::Gone if !self.has_lock_file(name)? => {
+                return Ok(reap_lockless(self.objects(), name)?.unwrap_or(Reaped::Gone))
+            }
             Take::Gone => return Ok(Reaped::Gone),
         };
         // Recheck under the lock: where RENAME_NOREPLACE is missing, a
@@ -235,6 +240,22 @@ impl FsCache {
             },
             None => Reaped::Gone,
         })
+    }
+}
+
+impl FsCache {
+    /// Whether the entry `name` has anything at its `object.lock`.
+    fn has_lock_file(&self, name: &str) -> Result<bool> {
+        let rel = in_entry(name, LOCK_FILE);
+        match statat(
+            self.objects().as_fd(),
+            rel.as_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(_) => Ok(true),
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(false),
+            Err(e) => Err(e).at(Op::Stat, || self.objects().join(&rel)),
+        }
     }
 }
 
