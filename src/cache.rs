@@ -1,10 +1,12 @@
 //! `FsCache`: one open cache directory, shared by every thread of a process.
 
 mod load;
+mod open;
 mod stage;
 mod store;
 
 pub use load::LoadGuard;
+pub use open::OpenOptions;
 pub use stage::StageGuard;
 pub use store::{Commit, CommitError, StoreGuard};
 
@@ -14,7 +16,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
-use rustix::fs::{statat, AtFlags, Mode, OFlags};
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::atomic::{Dir, Replace};
@@ -80,7 +82,9 @@ impl fmt::Debug for FsCache {
 }
 
 impl FsCache {
-    /// Open the cache at `path`, creating it (and the path to it) if needed.
+    /// Open the cache at `path`, creating it (and the path to it) if needed,
+    /// and waiting for as long as another process keeps the whole cache to
+    /// itself. [`OpenOptions`] chooses otherwise.
     ///
     /// `app_id` names the application; entries are tagged with a boot id
     /// derived from it (see [`app_boot_id`](crate::app_boot_id)). A new
@@ -104,42 +108,7 @@ impl FsCache {
     /// # Ok::<(), fscache::Error>(())
     /// ```
     pub fn open(app_id: &str, path: impl AsRef<Path>) -> Result<FsCache> {
-        let path = path.as_ref();
-        std::fs::create_dir_all(path).at(Op::CreateDir, || path.to_owned())?;
-        let root = Dir::open(path)?;
-        root.create_dir(layout::OBJECTS)?;
-        root.create_dir(layout::STAGE)?;
-        let objects = root.open_dir(layout::OBJECTS)?;
-        let stage = root.open_dir(layout::STAGE)?;
-        let initial_info = CacheInfo::initial();
-        for (name, content) in [
-            (layout::CACHE_TAG, layout::CACHE_TAG_CONTENT),
-            (layout::CACHE_INFO, initial_info.as_slice()),
-            (layout::CACHE_LOCK, b"".as_slice()),
-            (layout::CACHE_SIZE, b"0".as_slice()),
-        ] {
-            match statat(root.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(_) => {}
-                Err(Errno::NOENT) => {
-                    let _ = root.write_file(name, content, Replace::No, &objects)?;
-                }
-                Err(e) => return Err(e).at(Op::Stat, || root.join(name)),
-            }
-        }
-        let boot_id = crate::bootid::current(app_id)?;
-        let cache_lock = root.lock(layout::CACHE_LOCK, LockKind::Shared, Wait::Forever)?;
-        let info = read_info(&root)?;
-        Ok(FsCache {
-            root,
-            objects,
-            stage,
-            app_id: app_id.to_owned(),
-            boot_id,
-            info: RwLock::new(info),
-            heal_gate: HealGate::default(),
-            counters: LiveCounters::default(),
-            _cache_lock: cache_lock,
-        })
+        OpenOptions::new().open(app_id, path)
     }
 
     /// The cache root, as given to [`FsCache::open`].

@@ -138,6 +138,15 @@ pub enum Error {
         /// The version found, if any.
         version: Option<i64>,
     },
+    /// The directory is not a cache (it has no `cache.info`, or is missing),
+    /// and it was opened without creating one.
+    #[error("`{}` is not a cache: {reason}", path.display())]
+    NotACache {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing.
+        reason: &'static str,
+    },
     /// A file in the cache does not have the form the format requires (bad
     /// JSON, a symbolic link, a directory where a file belongs).
     #[error("`{}` is corrupt: {reason}", path.display())]
@@ -166,6 +175,8 @@ pub enum ErrorKind {
     UnsupportedVersion,
     /// [`Error::Corrupt`].
     Corrupt,
+    /// [`Error::NotACache`].
+    NotACache,
 }
 
 impl Error {
@@ -178,6 +189,7 @@ impl Error {
             Error::InvalidConfig { .. } => ErrorKind::InvalidConfig,
             Error::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::NotACache { .. } => ErrorKind::NotACache,
         }
     }
 
@@ -188,7 +200,8 @@ impl Error {
             | Error::WouldBlock { path }
             | Error::TimedOut { path, .. }
             | Error::UnsupportedVersion { path, .. }
-            | Error::Corrupt { path, .. } => Some(path),
+            | Error::Corrupt { path, .. }
+            | Error::NotACache { path, .. } => Some(path),
             Error::Rename { from, .. } => Some(from),
             Error::InvalidName { .. } | Error::InvalidConfig { .. } => None,
         }

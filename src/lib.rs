@@ -117,13 +117,16 @@ mod sync;
 mod tree;
 
 pub use bootid::app_boot_id;
-pub use cache::{Commit, CommitError, Counters, FsCache, LoadGuard, StageGuard, StoreGuard};
+pub use cache::{
+    Commit, CommitError, Counters, FsCache, LoadGuard, OpenOptions, StageGuard, StoreGuard,
+};
 pub use error::{Error, ErrorKind, Op, Result};
 pub use info::{
     parse_size, CacheInfo, MaxSize, ObjectInfo, DEFAULT_LOW_WATERMARK_PERCENT, LOW_WATERMARK_KEY,
     VERSION_CURRENT, VERSION_MINIMUM,
 };
 pub use layout::ROOT_LAYOUT;
+pub use lock::Wait;
 pub use maint::{
     ClearReport, Eviction, GcOptions, GcReport, Reason, Removed, ResyncReport, Stats, SweepReport,
     Unremovable,

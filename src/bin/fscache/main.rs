@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
-use fscache::{CacheInfo, Eviction, FsCache, GcOptions, MaxSize};
+use fscache::{CacheInfo, Eviction, GcOptions, MaxSize, OpenOptions, Wait};
 
 /// Inspect, prune and stress an fscache (osbuild format version 1) cache.
 #[derive(Debug, Parser)]
@@ -16,12 +16,30 @@ struct Cli {
     /// The application id whose boot id tags new entries.
     #[arg(long, global = true, default_value = "fscache")]
     app_id: String,
+    /// How long to wait while another process has the whole cache to
+    /// itself (e.g. `5s`, `2m`; `0` not at all).
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_age)]
+    wait: Duration,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create a cache (the only command that does; the others refuse a
+    /// directory that is not a cache).
+    Init {
+        /// The cache directory (created with its parents if missing).
+        dir: PathBuf,
+        /// The maximum size: bytes with an optional K/M/G/T suffix, or
+        /// `unlimited`.
+        #[arg(long, value_parser = parse_max)]
+        max_size: Option<MaxSize>,
+        /// The low watermark eviction frees down to, in percent of the
+        /// maximum (1-100).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+        low_watermark: Option<u8>,
+    },
     /// Show what the cache holds.
     Stats {
         /// The cache directory.
@@ -146,8 +164,35 @@ fn age(t: Option<SystemTime>) -> String {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let open = |dir: &PathBuf| FsCache::open(&cli.app_id, dir);
+    let wait = if cli.wait.is_zero() {
+        Wait::Never
+    } else {
+        Wait::Timeout(cli.wait)
+    };
+    let open = |dir: &PathBuf| {
+        OpenOptions::new()
+            .create(false)
+            .wait(wait)
+            .open(&cli.app_id, dir)
+    };
     match &cli.command {
+        Command::Init {
+            dir,
+            max_size,
+            low_watermark,
+        } => {
+            let cache = OpenOptions::new().wait(wait).open(&cli.app_id, dir)?;
+            let info = cache.update_info(&CacheInfo {
+                maximum_size: *max_size,
+                low_watermark_percent: *low_watermark,
+                ..CacheInfo::default()
+            })?;
+            println!(
+                "{}: maximum size {:?}",
+                dir.display(),
+                info.effective_maximum()
+            );
+        }
         Command::Stats { dir } => {
             let s = open(dir)?.stats()?;
             let accounted = s

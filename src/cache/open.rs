@@ -1,0 +1,173 @@
+//! `OpenOptions`: how a cache is opened (whether to create it, how long to
+//! wait for it), in the builder shape of `std::fs::OpenOptions`.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::RwLock;
+
+use rustix::fs::{statat, AtFlags, FileType};
+use rustix::io::Errno;
+
+use crate::atomic::{Dir, Replace};
+use crate::error::{Error, IoContext, Op, Result};
+use crate::info::CacheInfo;
+use crate::layout;
+use crate::lock::{LockKind, Wait};
+use crate::size::HealGate;
+use crate::FsCache;
+
+use super::{read_info, LiveCounters};
+
+/// Options for opening a cache; [`FsCache::open`] is
+/// `OpenOptions::new().open(..)`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use fscache::{ErrorKind, OpenOptions, Wait};
+/// let dir = tempfile::tempdir().unwrap();
+/// // A directory that is not a cache is refused, and left as it is.
+/// let e = OpenOptions::new().create(false).open("my-tool", dir.path()).unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::NotACache);
+/// assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+/// // Create it, then open it again without waiting long for a busy cache.
+/// let cache = OpenOptions::new().open("my-tool", dir.path())?;
+/// let again = OpenOptions::new()
+///     .create(false)
+///     .wait(Wait::Timeout(Duration::from_secs(5)))
+///     .open("my-tool", dir.path())?;
+/// # Ok::<(), fscache::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    create: bool,
+    wait: Wait,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions::new()
+    }
+}
+
+impl OpenOptions {
+    /// What [`FsCache::open`] does: create a missing cache (and the path to
+    /// it), and wait for as long as another holder keeps the whole cache
+    /// (an exclusive lock on `cache.lock`).
+    pub fn new() -> OpenOptions {
+        OpenOptions {
+            create: true,
+            wait: Wait::Forever,
+        }
+    }
+
+    /// Whether to create the cache if the directory is missing or is not
+    /// one. Without it, such a directory is refused with
+    /// [`Error::NotACache`] and nothing is written to it.
+    pub fn create(&mut self, create: bool) -> &mut OpenOptions {
+        self.create = create;
+        self
+    }
+
+    /// How long to wait while another holder has the whole cache to
+    /// itself: [`Wait::Never`] fails at once with [`Error::WouldBlock`],
+    /// [`Wait::Timeout`] with [`Error::TimedOut`] once it has passed.
+    pub fn wait(&mut self, wait: Wait) -> &mut OpenOptions {
+        self.wait = wait;
+        self
+    }
+
+    /// Open the cache at `path` for the application `app_id`.
+    ///
+    /// A directory is a cache when it holds `cache.info`; what else the
+    /// format's layout needs (`objects/`, `stage/`, the other top-level
+    /// files) is completed if missing, each atomically, never rewriting
+    /// what exists, as every osbuild process does when it opens a cache.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an empty `app_id`;
+    /// [`Error::NotACache`] without [`OpenOptions::create`] for a missing
+    /// directory or one without `cache.info`; [`Error::WouldBlock`] or
+    /// [`Error::TimedOut`] per [`OpenOptions::wait`]; [`Error::Io`] if the
+    /// directories or files cannot be created or opened (a symbolic link
+    /// planted at `objects`, `stage` or a top-level file is refused), or
+    /// the boot id cannot be read.
+    pub fn open(&self, app_id: &str, path: impl AsRef<Path>) -> Result<FsCache> {
+        if app_id.is_empty() {
+            return Err(Error::InvalidConfig {
+                key: "app-id",
+                reason: "an application id that is not empty (it keys the boot id)",
+            });
+        }
+        let path = path.as_ref();
+        if self.create {
+            std::fs::create_dir_all(path).at(Op::CreateDir, || path.to_owned())?;
+        }
+        let root = match Dir::open(path) {
+            Err(e) if !self.create && e.is_not_a_file() => {
+                return Err(Error::NotACache {
+                    path: path.to_owned(),
+                    reason: "there is no such directory",
+                })
+            }
+            other => other?,
+        };
+        if !self.create && !has_file(&root, layout::CACHE_INFO)? {
+            return Err(Error::NotACache {
+                path: path.to_owned(),
+                reason: "it has no cache.info",
+            });
+        }
+        let objects = scaffold(&root)?;
+        let stage = root.open_dir(layout::STAGE)?;
+        let boot_id = crate::bootid::current(app_id)?;
+        let cache_lock = root.lock(layout::CACHE_LOCK, LockKind::Shared, self.wait)?;
+        let info = read_info(&root)?;
+        Ok(FsCache {
+            root,
+            objects,
+            stage,
+            app_id: app_id.to_owned(),
+            boot_id,
+            info: RwLock::new(info),
+            heal_gate: HealGate::default(),
+            counters: LiveCounters::default(),
+            _cache_lock: cache_lock,
+        })
+    }
+}
+
+/// Whether `root` holds a regular file `name` (not following a link).
+fn has_file(root: &Dir, name: &str) -> Result<bool> {
+    match statat(root.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(FileType::from_raw_mode(st.st_mode) == FileType::RegularFile),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e).at(Op::Stat, || root.join(name)),
+    }
+}
+
+/// Create what the layout needs and is missing, tolerating racing
+/// creators; returns `objects/`.
+fn scaffold(root: &Dir) -> Result<Dir> {
+    root.create_dir(layout::OBJECTS)?;
+    root.create_dir(layout::STAGE)?;
+    let objects = root.open_dir(layout::OBJECTS)?;
+    let initial_info = CacheInfo::initial();
+    for (name, content) in [
+        (layout::CACHE_TAG, layout::CACHE_TAG_CONTENT),
+        (layout::CACHE_INFO, initial_info.as_slice()),
+        (layout::CACHE_LOCK, b"".as_slice()),
+        (layout::CACHE_SIZE, b"0".as_slice()),
+    ] {
+        match statat(root.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => {}
+            Err(Errno::NOENT) => {
+                let _ = root.write_file(name, content, Replace::No, &objects)?;
+            }
+            Err(e) => return Err(e).at(Op::Stat, || root.join(name)),
+        }
+    }
+    Ok(objects)
+}
