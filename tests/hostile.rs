@@ -1099,7 +1099,7 @@ fn a_cache_info_without_a_usable_maximum_accepts_nothing_new_but_serves_what_it_
 {
     for info in [
         r#"{"version": 1}"#,
-        r#"{"version": 1, "maximum-size": -5}"#,
+        r#"{"version": 1, "maximum-size": -1.5}"#,
         r#"{"version": 1, "maximum-size": 1.5}"#,
         r#"{"version": 1, "maximum-size": "big"}"#,
         r#"{"version": 1, "maximum-size": null}"#,
