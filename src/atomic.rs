@@ -13,8 +13,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{
-    linkat, mkdirat, openat, renameat, renameat_with, unlinkat, AtFlags, Mode, OFlags, RenameFlags,
-    CWD,
+    fchmod, linkat, mkdirat, openat, renameat, renameat_with, unlinkat, AtFlags, Mode, OFlags,
+    RenameFlags, CWD,
 };
 use rustix::io::Errno;
 
@@ -22,6 +22,11 @@ use crate::error::{Error, IoContext, Op, Result};
 use crate::feature::{FsFeatures, Support};
 use crate::layout::{remove_entry, LOCK_FILE};
 use crate::lock::{FileLock, LockKind, Wait};
+
+/// The permission bits of `st`, to give a replacement.
+pub(crate) fn mode_of(st: &rustix::fs::Stat) -> Mode {
+    Mode::from_raw_mode(st.st_mode & 0o7777)
+}
 use crate::tree;
 
 pub use crate::layout::anonymous_name;
@@ -121,7 +126,7 @@ impl Dir {
     ///
     /// [`Error::Io`] for any failure other than `EEXIST`.
     pub fn create_dir(&self, name: &str) -> Result<bool> {
-        match mkdirat(self.as_fd(), name, Mode::from_raw_mode(0o755)) {
+        match mkdirat(self.as_fd(), name, Mode::from_raw_mode(0o777)) {
             Ok(()) => Ok(true),
             Err(Errno::EXIST) => Ok(false),
             Err(e) => Err(e).at(Op::CreateDir, || self.join(name)),
@@ -175,24 +180,42 @@ impl Dir {
                 };
             }
         }
-        self.put_named(name, content, replace, temp)
+        self.put_named(name, content, replace, temp, None)
             .map(|held| match held {
                 Some(_) => Written::Created,
                 None => Written::Exists,
             })
     }
 
+    /// Replace `name` with a file holding `content` and `mode`; the lock we
+    /// held on it while writing is released.
+    pub(crate) fn replace_with_mode(
+        &self,
+        name: &str,
+        content: &[u8],
+        temp: &Dir,
+        mode: Option<Mode>,
+    ) -> Result<()> {
+        self.put_named(name, content, Replace::Yes, temp, mode)
+            .map(drop)
+    }
+
     /// Replace `name` with a file holding `content` and return the lock we
     /// hold on the new file: whoever locks `name` next waits for us. The
     /// size accounting uses this to stay inside its critical section across
     /// the replacement.
+    ///
+    /// The new file gets `mode` (the mode of the file it replaces), whatever
+    /// our umask: a `cache.size` made group-writable for a shared cache
+    /// stays so after any user rewrites it.
     pub(crate) fn replace_locked(
         &self,
         name: &str,
         content: &[u8],
         temp: &Dir,
+        mode: Option<Mode>,
     ) -> Result<FileLock> {
-        let held = self.put_named(name, content, Replace::Yes, temp)?;
+        let held = self.put_named(name, content, Replace::Yes, temp, mode)?;
         Ok(held
             .expect("a replacing rename cannot find the name taken")
             .with_path(self.join(name)))
@@ -207,18 +230,20 @@ impl Dir {
         temp: &Dir,
     ) -> Result<Option<FileLock>> {
         Ok(self
-            .put_named(name, content, Replace::No, temp)?
+            .put_named(name, content, Replace::No, temp, None)?
             .map(|held| held.with_path(self.join(name))))
     }
 
-    /// Fill a locked `uuid-*` temporary in `temp` and rename it to `name`;
-    /// `None` if the name is taken and `replace` is [`Replace::No`].
+    /// Fill a locked `uuid-*` temporary in `temp` (with `mode`, if given,
+    /// rather than the umask's) and rename it to `name`; `None` if the name
+    /// is taken and `replace` is [`Replace::No`].
     fn put_named(
         &self,
         name: &str,
         content: &[u8],
         replace: Replace,
         temp: &Dir,
+        mode: Option<Mode>,
     ) -> Result<Option<FileLock>> {
         loop {
             let (temp_name, lock) = temp.create_temp()?;
@@ -227,6 +252,9 @@ impl Dir {
             });
             // Named after the file it becomes: that is what the caller knows.
             write_all(lock.as_fd(), content, &self.join(name))?;
+            if let Some(mode) = mode {
+                fchmod(lock.as_fd(), mode).at(Op::Chmod, || temp.join(&temp_name))?;
+            }
             crate::failpoint!("put-before-rename");
             let moved = match replace {
                 Replace::Yes => renameat(temp.as_fd(), temp_name.as_str(), self.as_fd(), name),
@@ -282,7 +310,7 @@ impl Dir {
         loop {
             let name = anonymous_name();
             crate::failpoint!("anon-before-mkdir");
-            mkdirat(self.as_fd(), name.as_str(), Mode::from_raw_mode(0o755))
+            mkdirat(self.as_fd(), name.as_str(), Mode::from_raw_mode(0o777))
                 .at(Op::CreateDir, || self.join(&name))?;
             crate::failpoint!("anon-after-mkdir");
             // An orphan sweep may remove the still lockless directory (we
@@ -357,7 +385,7 @@ impl Dir {
                 self.as_fd(),
                 name.as_str(),
                 flags,
-                Mode::from_raw_mode(0o644),
+                Mode::from_raw_mode(0o666),
             ) {
                 Ok(fd) => fd,
                 Err(Errno::EXIST) => continue,
@@ -384,7 +412,7 @@ impl Dir {
             self.as_fd(),
             ".",
             OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
+            Mode::from_raw_mode(0o666),
         ) {
             Ok(fd) => Ok(Some(fd)),
             Err(Errno::OPNOTSUPP) | Err(Errno::ISDIR) | Err(Errno::INVAL) | Err(Errno::NOENT) => {

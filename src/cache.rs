@@ -19,7 +19,7 @@ use std::sync::RwLock;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::atomic::{Dir, Replace};
+use crate::atomic::Dir;
 use crate::beneath::open_beneath;
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{CacheInfo, MaxSize};
@@ -185,9 +185,9 @@ impl FsCache {
         let merged = update
             .merge_into(&raw)
             .ok_or_else(|| Error::corrupt(path(), "not a JSON object; it is left as it is"))?;
-        let _ = self
-            .root
-            .write_file(layout::CACHE_INFO, &merged, Replace::Yes, &self.objects)?;
+        let mode = lock.locked_stat().map(crate::atomic::mode_of);
+        self.root
+            .replace_with_mode(layout::CACHE_INFO, &merged, &self.objects, mode)?;
         crate::failpoint!("info-after-temp");
         drop(lock);
         let fresh = CacheInfo::parse(&merged);

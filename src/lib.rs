@@ -91,6 +91,40 @@
 //! tree under it. The cache is meant for cooperating users: anyone who can
 //! write to it can delete entries.
 //!
+//! # Sharing a cache between users
+//!
+//! Users who share a group can share a cache. Make its root a setgid
+//! directory of that group, and have every user work under umask `002`:
+//!
+//! ```text
+//! install -d -m 2775 -g GROUP DIR
+//! ```
+//!
+//! Files are created with mode `0666` and directories with `0777`, minus
+//! the umask, and below a setgid directory the kernel gives everything its
+//! group (and new directories the setgid bit), so with umask `002` each
+//! user may lock, evict and remove every other user's entries and update
+//! `cache.size` and `cache.info`. A rewritten `cache.size` or `cache.info`
+//! keeps the mode it had.
+//!
+//! Under the default umask `022` each user's entries are that user's own.
+//! Others may load them, but to everything that removes they are entries
+//! to skip, just like entries in use: [`FsCache::evict`] answers
+//! [`Eviction::Denied`]; [`FsCache::clear`], [`FsCache::gc`] and
+//! [`FsCache::sweep_orphans`] go on past them and count them in their
+//! `denied` fields; a store that needs room evicts only what it may, or
+//! reports [`Commit::NoRoom`]. The cache's own directories and files must
+//! still be group-writable, so let the first [`FsCache::open`] (which
+//! creates them) run under umask `002`.
+//!
+//! An entry osbuild made is never group-writable (osbuild creates its
+//! files `0644`), so to any other user it is one to skip; and when osbuild
+//! rewrites `cache.size`, the new file is writable by its owner only.
+//!
+//! A load records the entry's last use only when its owner loads it
+//! (setting the access time alone is the owner's right), so in a shared
+//! cache the eviction order follows the owners' uses.
+//!
 //! # Limitations
 //!
 //! Linux only (OFD locks, `renameat2`, `openat2`, `O_TMPFILE`).

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{renameat, statat, unlinkat, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::atomic::{write_all, AnonymousDir, Dir};
+use crate::atomic::{mode_of, write_all, AnonymousDir, Dir};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{parse_size, CacheInfo, MaxSize, ObjectInfo};
 use crate::layout::{
@@ -53,6 +53,8 @@ pub(crate) struct SizeLock<'c> {
     lock: FileLock,
     /// What the file holds; `None` if that is not a size.
     on_disk: Option<u64>,
+    /// The mode of the `cache.size` we locked, which replacements keep.
+    mode: Option<Mode>,
 }
 
 impl<'c> SizeLock<'c> {
@@ -65,15 +67,17 @@ impl<'c> SizeLock<'c> {
             Err(e) if e.is_not_a_file() => return Ok(None),
             Err(e) => return Err(e),
         };
-        if !lock.locked_stat().is_some_and(is_regular) {
+        let Some(st) = lock.locked_stat().filter(|st| is_regular(st)) else {
             return Ok(None);
-        }
+        };
+        let mode = Some(mode_of(st));
         let on_disk = read_fd(&lock, root)?;
         Ok(Some(SizeLock {
             root,
             temp,
             lock,
             on_disk,
+            mode,
         }))
     }
 
@@ -93,9 +97,12 @@ impl<'c> SizeLock<'c> {
         if self.on_disk == Some(new) {
             return Ok(());
         }
-        let held = self
-            .root
-            .replace_locked(CACHE_SIZE, new.to_string().as_bytes(), self.temp)?;
+        let held = self.root.replace_locked(
+            CACHE_SIZE,
+            new.to_string().as_bytes(),
+            self.temp,
+            self.mode,
+        )?;
         crate::failpoint!("size-after-rename");
         // Dropping the old guard unlocks the replaced file: anyone waiting
         // on it wakes, sees the replacement and waits again, now on ours.
@@ -272,6 +279,7 @@ impl<'c> Accounting<'c> {
                 temp: self.objects,
                 lock,
                 on_disk: None,
+                mode: None,
             })),
             // osbuild's scaffolding put a new one there first.
             None => Ok(None),
@@ -364,7 +372,7 @@ impl<'c> Accounting<'c> {
             entry.dir().as_fd(),
             OBJECT_INFO,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
+            Mode::from_raw_mode(0o666),
         )
         .at(Op::Create, || path.clone())
         .and_then(|fd| write_all(fd.as_fd(), &info.to_json(), &path));

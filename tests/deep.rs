@@ -148,7 +148,7 @@ fn a_tree_deeper_than_the_descriptor_limit_is_measured_evicted_and_swept() {
     std::fs::create_dir_all(orphan.join("data")).expect("plant an orphan");
     std::fs::write(orphan.join("object.lock"), "").expect("plant a lock");
     plant_chain(&orphan.join("data"), DEPTH, 1);
-    assert_eq!(w.ask("sweep"), "swept 1 0 0 0");
+    assert_eq!(w.ask("sweep"), "swept 1 0 0 0 0");
     assert!(names(&root.join("objects")).is_empty());
     assert_exact(&root);
     let (status, stderr) = w.finish();

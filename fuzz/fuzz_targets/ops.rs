@@ -151,6 +151,7 @@ fn run(
                     assert!(!objects.join(&name).exists(), "{ctx}: not found, but there");
                 }
                 Eviction::InUse => panic!("{ctx}: in use, though no guard is held"),
+                other => panic!("{ctx}: {other:?}, though the cache is all ours"),
             }
         }
         Op::Gc { max } => {

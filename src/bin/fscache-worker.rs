@@ -15,7 +15,7 @@
 //! unstage            -> unstaged
 //! max BYTES|unlimited -> ok
 //! evict NAME         -> evicted SIZE | busy | absent | denied
-//! sweep              -> swept DIRS FILES BYTES
+//! sweep              -> swept DIRS FILES BYTES UNREMOVABLE DENIED[; `ENTRY` stays: WHY]...
 //! resync             -> resynced BEFORE AFTER
 //! clear              -> cleared REMOVED IN_USE UNREMOVABLE DENIED
 //! gc MAX_BYTES       -> gc REMOVED FREED DENIED
@@ -118,11 +118,12 @@ impl Worker {
             ["sweep"] => {
                 let r = self.cache.sweep_orphans()?;
                 let mut reply = format!(
-                    "swept {} {} {} {}",
+                    "swept {} {} {} {} {}",
                     r.orphan_dirs,
                     r.orphan_files,
                     r.bytes_given_back,
-                    r.unremovable.len()
+                    r.unremovable.len(),
+                    r.denied
                 );
                 for stuck in &r.unremovable {
                     reply += &format!("; `{}` stays: {stuck}", stuck.entry.display());

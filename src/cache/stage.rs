@@ -50,7 +50,7 @@ impl FsCache {
     pub fn stage(&self) -> Result<StageGuard<'_>> {
         let entry = self.stage_dir().create_anonymous()?;
         let data = entry.path().join(DATA);
-        if let Err(e) = mkdirat(entry.dir().as_fd(), DATA, Mode::from_raw_mode(0o755)) {
+        if let Err(e) = mkdirat(entry.dir().as_fd(), DATA, Mode::from_raw_mode(0o777)) {
             let _ = entry.remove();
             return Err(e).at(Op::CreateDir, || data);
         }

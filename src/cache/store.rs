@@ -145,7 +145,7 @@ impl FsCache {
         };
         let entry = parent.create_anonymous()?;
         let data = entry.path().join(DATA);
-        if let Err(e) = mkdirat(entry.dir().as_fd(), DATA, Mode::from_raw_mode(0o755)) {
+        if let Err(e) = mkdirat(entry.dir().as_fd(), DATA, Mode::from_raw_mode(0o777)) {
             let _ = entry.remove();
             return Err(e).at(Op::CreateDir, || data);
         }

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::Result;
 use crate::layout::committed;
 use crate::maint::scan::{is_live, scan, Kind};
-use crate::maint::victim::{Batch, Candidate, Removal, Take};
+use crate::maint::victim::{Batch, Candidate, Fate, Gone, Removal, Take};
 use crate::maint::{SweepReport, Unremovable};
 use crate::name::validate_name;
 use crate::FsCache;
@@ -127,9 +127,13 @@ impl FsCache {
             Take::Held(v) => {
                 // Left-overs it could not remove are debris that sweeps
                 // report; the entry itself is gone.
-                let removed = self.remove_victims(vec![*v])?;
-                Eviction::Removed {
-                    size: removed.first().map_or(0, |gone| gone.size),
+                match self.remove_victims(vec![*v])?.pop() {
+                    Some(Gone {
+                        fate: Fate::Denied, ..
+                    }) => Eviction::Denied,
+                    gone => Eviction::Removed {
+                        size: gone.map_or(0, |gone| gone.size),
+                    },
                 }
             }
             Take::InUse => Eviction::InUse,
@@ -162,9 +166,10 @@ impl FsCache {
         }
         for Removal { gone, .. } in batch.finish()? {
             report.freed = report.freed.saturating_add(gone.size);
-            match gone.stuck {
-                None => report.removed += 1,
-                Some(why) => report.unremovable.push(why),
+            match gone.fate {
+                Fate::Removed => report.removed += 1,
+                Fate::Stuck(why) => report.unremovable.push(why),
+                Fate::Denied => report.denied += 1,
             }
         }
         self.end_exact()?;
@@ -234,13 +239,14 @@ impl FsCache {
         }
         for Removal { gone, tag } in batch.finish()? {
             report.freed = report.freed.saturating_add(gone.size);
-            match gone.stuck {
-                None => report.removed.push(Removed {
+            match gone.fate {
+                Fate::Removed => report.removed.push(Removed {
                     name: gone.name,
                     size: gone.size,
                     reason: tag,
                 }),
-                Some(why) => report.unremovable.push(why),
+                Fate::Stuck(why) => report.unremovable.push(why),
+                Fate::Denied => report.denied += 1,
             }
         }
         if !options.dry_run {

@@ -13,7 +13,7 @@ use crate::error::{Error, IoContext, Op, Result};
 use crate::layout::{in_entry, is_regular, read_info, remove_entry, LOCK_FILE, OBJECT_INFO};
 use crate::lock::{LockKind, Wait};
 use crate::maint::scan::{boot_time, is_before, scan, Kind};
-use crate::maint::victim::{is_gone, Take};
+use crate::maint::victim::{is_gone, Fate, Take};
 use crate::FsCache;
 
 /// What [`FsCache::sweep_orphans`] removed.
@@ -234,9 +234,10 @@ impl FsCache {
         }
         let gone = self.remove_victims(vec![*victim])?;
         Ok(match gone.into_iter().next() {
-            Some(gone) => match gone.stuck {
-                None => Reaped::Removed(gone.size),
-                Some(why) => Reaped::Stuck(gone.size, why),
+            Some(gone) => match gone.fate {
+                Fate::Removed => Reaped::Removed(gone.size),
+                Fate::Stuck(why) => Reaped::Stuck(gone.size, why),
+                Fate::Denied => Reaped::Denied,
             },
             None => Reaped::Gone,
         })

@@ -155,7 +155,11 @@ impl FsCache {
                 batch.push(*v, ())?;
             }
         }
-        Ok(batch.finish()?.len())
+        let removals = batch.finish()?;
+        Ok(removals
+            .iter()
+            .filter(|r| !matches!(r.gone.fate, Fate::Denied))
+            .count())
     }
 
     /// The removal protocol for entries we hold: in one size critical
@@ -171,10 +175,17 @@ impl FsCache {
         let current = size_lock.value()?;
         let mut given_back = 0u64;
         let mut invalidated = Vec::with_capacity(victims.len());
+        let mut denied = Vec::new();
         for v in victims {
             match unlink_info(&v.dir) {
                 Ok(true) => given_back = given_back.saturating_add(v.size.unwrap_or(0)),
                 Ok(false) => {}
+                // Its lock was ours to take, but its directory is not ours
+                // to change (another user's): it stays whole and valid.
+                Err(e) if e.is_denied() => {
+                    denied.push(v);
+                    continue;
+                }
                 Err(e) => {
                     // Give back what is already gone before failing.
                     size_lock.set(current.saturating_sub(given_back))?;
@@ -186,20 +197,25 @@ impl FsCache {
         crate::failpoint!("evict-after-info");
         size_lock.set(current.saturating_sub(given_back))?;
         drop(size_lock);
-        let mut removed = Vec::with_capacity(invalidated.len());
+        let mut removed = Vec::with_capacity(invalidated.len() + denied.len());
+        removed.extend(denied.into_iter().map(|v| Gone {
+            name: v.name,
+            size: 0,
+            fate: Fate::Denied,
+        }));
         for v in invalidated {
             // The entry is already invalid and given back: a failure here
             // leaves debris for a sweep by someone who may remove it, so
             // report it and keep going.
-            let stuck = match remove_entry(objects, &v.name, &v.dir) {
-                Ok(()) => None,
-                Err(e) => Some(Unremovable::from_error(v.dir.path(), e)?),
+            let fate = match remove_entry(objects, &v.name, &v.dir) {
+                Ok(()) => Fate::Removed,
+                Err(e) => Fate::Stuck(Unremovable::from_error(v.dir.path(), e)?),
             };
             drop(v.lock);
             removed.push(Gone {
                 name: v.name,
                 size: v.size.unwrap_or(0),
-                stuck,
+                fate,
             });
         }
         Ok(removed)
@@ -213,13 +229,24 @@ pub(crate) struct Batch<'c, T> {
     removed: Vec<Removal<T>>,
 }
 
-/// An entry taken out of the cache: its `object.info` and size are gone.
+/// A victim after its removal: taken out of the cache (its `object.info`
+/// and size gone), or left whole.
 pub(crate) struct Gone {
     pub(crate) name: String,
     /// The size it gave back.
     pub(crate) size: u64,
-    /// Why what was left of it could not be removed, if it could not.
-    pub(crate) stuck: Option<Unremovable>,
+    pub(crate) fate: Fate,
+}
+
+/// What became of a victim.
+pub(crate) enum Fate {
+    /// Removed entirely.
+    Removed,
+    /// Taken out of the cache, but what was left of it could not be
+    /// removed, for this reason.
+    Stuck(Unremovable),
+    /// Left whole: its directory is another user's (nothing given back).
+    Denied,
 }
 
 /// An entry a [`Batch`] took out, with its caller's tag.

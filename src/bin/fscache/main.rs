@@ -249,10 +249,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 println!("{verb} {} ({} bytes, {:?})", r.name, r.size, r.reason);
             }
             println!(
-                "{verb} {} entries, {} bytes; {} in use; {} orphans",
+                "{verb} {} entries, {} bytes; {} in use; {} denied; {} orphans",
                 report.removed.len(),
                 report.freed,
                 report.in_use,
+                report.denied,
                 if *dry_run {
                     report.orphans_found
                 } else {
@@ -272,11 +273,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         println!("{name}: in use, kept");
                         failed = true;
                     }
-                    Eviction::NotFound => println!("{name}: not found"),
                     Eviction::Denied => {
-                        println!("{name}: another user's, kept (permission denied)");
+                        println!("{name}: not ours to remove (permissions), kept");
                         failed = true;
                     }
+                    Eviction::NotFound => println!("{name}: not found"),
                     other => {
                         println!("{name}: {other:?}");
                         failed = true;
@@ -290,8 +291,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Clear { dir } => {
             let r = open(dir)?.clear()?;
             println!(
-                "removed {} entries, {} bytes; {} in use",
-                r.removed, r.freed, r.in_use
+                "removed {} entries, {} bytes; {} in use; {} denied",
+                r.removed, r.freed, r.in_use, r.denied
             );
             warn_unremovable(&r.sweep.unremovable);
             warn_unremovable(&r.unremovable);
@@ -299,8 +300,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Sweep { dir } => {
             let r = open(dir)?.sweep_orphans()?;
             println!(
-                "removed {} orphan directories, {} temporary files ({} from previous boots), {} invalid entries; gave back {} bytes; {} in progress",
-                r.orphan_dirs, r.orphan_files, r.from_previous_boot, r.invalid_entries, r.bytes_given_back, r.live
+                "removed {} orphan directories, {} temporary files ({} from previous boots), {} invalid entries; gave back {} bytes; {} in progress; {} denied",
+                r.orphan_dirs, r.orphan_files, r.from_previous_boot, r.invalid_entries, r.bytes_given_back, r.live, r.denied
             );
             warn_unremovable(&r.unremovable);
         }
