@@ -197,6 +197,14 @@ pub(crate) fn is_boot_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The largest size an `object.info` may record: 2^53 - 1 bytes (8 PiB),
+/// the largest integer every JSON reader holds exactly. No file system
+/// measures an entry that large, so a bigger one was written by hand or by
+/// a broken tool: the `object.info` is not one, and the entry is invalid.
+/// That also keeps every total exact: sums of valid sizes overflow only
+/// past 2,048 entries of 8 PiB, and saturate rather than wrap even then.
+pub const MAX_ENTRY_SIZE: u64 = (1 << 53) - 1;
+
 /// The parsed `object.info` of a committed entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -208,13 +216,13 @@ pub struct ObjectInfo {
 }
 
 impl ObjectInfo {
-    /// Parse an `object.info`; `None` unless it is a JSON object with a
-    /// non-negative integer `"size"`.
+    /// Parse an `object.info`; `None` unless it is a JSON object with an
+    /// integer `"size"` from 0 to [`MAX_ENTRY_SIZE`].
     pub fn parse(bytes: &[u8]) -> Option<ObjectInfo> {
         let value: Value = serde_json::from_slice(bytes).ok()?;
         let map = value.as_object()?;
         Some(ObjectInfo {
-            size: map.get("size")?.as_u64()?,
+            size: map.get("size")?.as_u64().filter(|s| *s <= MAX_ENTRY_SIZE)?,
             creation_boot_id: map
                 .get("creation-boot-id")
                 .and_then(Value::as_str)
@@ -319,6 +327,12 @@ mod tests {
         };
         assert_eq!(ObjectInfo::parse(&i.to_json()), Some(i));
         assert_eq!(ObjectInfo::parse(br#"{"size": -1}"#), None);
+        assert!(ObjectInfo::parse(br#"{"size": 9007199254740991}"#).is_some());
+        assert_eq!(ObjectInfo::parse(br#"{"size": 9007199254740992}"#), None);
+        assert_eq!(
+            ObjectInfo::parse(br#"{"size": 18446744073709551615}"#),
+            None
+        );
         assert_eq!(ObjectInfo::parse(br#"{"creation-boot-id": "x"}"#), None);
         assert_eq!(parse_size(b"12345"), Some(12345));
         assert_eq!(parse_size(b" 7\n"), Some(7));

@@ -157,7 +157,7 @@ pub use cache::{
 pub use error::{Error, ErrorKind, Op, Result};
 pub use info::{
     parse_size, CacheInfo, MaxSize, ObjectInfo, DEFAULT_LOW_WATERMARK_PERCENT, LOW_WATERMARK_KEY,
-    VERSION_CURRENT, VERSION_MINIMUM,
+    MAX_ENTRY_SIZE, VERSION_CURRENT, VERSION_MINIMUM,
 };
 pub use layout::ROOT_LAYOUT;
 pub use lock::Wait;

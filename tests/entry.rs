@@ -163,41 +163,49 @@ fn load_stats_sweep_resync_and_eviction_agree_on_what_an_entry_is() -> TestResul
 }
 
 #[test]
-fn sizes_near_the_integer_limit_saturate_in_every_total_and_never_panic() -> TestResult {
+fn sizes_no_file_system_could_measure_make_an_entry_invalid_and_no_total_overflows() -> TestResult {
     let (_t, root) = new_cache(MaxSize::Unlimited);
     let cache = FsCache::open(APP, &root)?;
-    for name in ["huge-a", "huge-b", "small"] {
+    for name in ["huge-a", "huge-b", "largest", "small"] {
         let entry = cache.store(name)?;
         std::fs::write(entry.path().join("f"), name)?;
         assert!(entry.commit().map_err(fscache::Error::from)?.is_stored());
     }
-    for name in ["huge-a", "huge-b"] {
+    for (name, size) in [
+        ("huge-a", u64::MAX),
+        ("huge-b", fscache::MAX_ENTRY_SIZE + 1),
+        ("largest", fscache::MAX_ENTRY_SIZE),
+    ] {
         std::fs::write(
             root.join("objects").join(name).join("object.info"),
-            format!(r#"{{"size": {}}}"#, u64::MAX),
+            format!(r#"{{"size": {size}}}"#),
         )?;
     }
-    // Sums saturate at u64::MAX rather than wrap (or panic in a debug build).
+    // In a debug build, a wrapped sum would panic here.
     let stats = cache.stats()?;
     assert_eq!(
-        (stats.entries, stats.recorded_bytes),
-        (3, u64::MAX),
-        "{stats:?}"
+        (stats.entries, stats.invalid_entries),
+        (2, 2),
+        "the two huge ones are invalid: {stats:?}"
     );
-    let r = cache.resync()?;
-    assert_eq!(r.after, u64::MAX);
+    let hit = cache.load("huge-a")?;
+    assert!(hit.is_none(), "an invalid entry is a miss");
     let plan = cache.gc(&fscache::GcOptions {
         max_size: Some(0),
         dry_run: true,
         ..Default::default()
     })?;
-    // The first huge entry alone brings the (saturated) total to 0.
-    assert_eq!((plan.removed.len(), plan.freed), (1, u64::MAX), "{plan:?}");
-    // Storing into an unlimited cache whose total is saturated still works.
-    let entry = cache.store("more")?;
-    assert!(entry.commit().map_err(fscache::Error::from)?.is_stored());
+    assert_eq!(
+        plan.removed.len(),
+        2,
+        "only valid entries are planned: {plan:?}"
+    );
+    let r = cache.resync()?;
+    assert_eq!(r.sweep.invalid_entries, 2, "{r:?}");
+    assert!(r.after >= fscache::MAX_ENTRY_SIZE, "{r:?}");
+    assert_exact(&root);
     let report = cache.clear()?;
-    assert_eq!((report.removed, report.freed), (4, u64::MAX), "{report:?}");
+    assert_eq!(report.removed, 2, "{report:?}");
     assert_eq!(size_file(&root), 0, "clear ends exact");
     Ok(())
 }

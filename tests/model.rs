@@ -168,7 +168,7 @@ impl Model {
             .entries
             .remove(name)
             .expect("the model removes only what it has");
-        self.total -= e.size;
+        self.total = self.total.saturating_sub(e.size);
         e.size
     }
 
@@ -215,7 +215,7 @@ impl Model {
             );
         }
         let mut evicted = Vec::new();
-        if !self.max.admits(self.total + size) {
+        if !self.max.admits(self.total.saturating_add(size)) {
             let MaxSize::Bytes(max) = self.max else {
                 unreachable!("unlimited admits all")
             };
@@ -227,22 +227,25 @@ impl Model {
             } else {
                 max.saturating_sub(size)
             };
-            let need = (self.total + size).saturating_sub(max);
+            let need = self.total.saturating_add(size).saturating_sub(max);
             evicted = self.evict_lru(self.total.saturating_sub(target).max(need));
-            if !self.max.admits(self.total + size) && !self.healed {
+            if !self.max.admits(self.total.saturating_add(size)) && !self.healed {
                 // Nothing left to evict: the handle recounts, once.
                 self.healed = true;
                 self.total = self.recorded();
             }
-            if !self.max.admits(self.total + size) {
+            if !self.max.admits(self.total.saturating_add(size)) {
                 return (Commit::NoRoom { size }, evicted);
             }
         }
-        // Room is made (and evictions happen) before the name is tried.
+        // Room is made (and evictions happen) before the name is tried;
+        // the size is accounted, then given back, which a total saturated
+        // at the integer limit does not undo exactly.
         if self.entries.contains_key(key) {
+            self.total = self.total.saturating_add(size).saturating_sub(size);
             return (Commit::NameTaken, evicted);
         }
-        self.total += size;
+        self.total = self.total.saturating_add(size);
         self.entries.insert(
             key,
             Entry {
@@ -668,7 +671,7 @@ fn run(ops: &[Op]) -> Result<Model, TestCaseError> {
                 );
             }
             Op::Overcount { bytes } => {
-                model.total += bytes;
+                model.total = model.total.saturating_add(bytes);
                 std::fs::write(root.join("cache.size"), model.total.to_string()).or_fail(&step)?;
             }
             Op::Tick => model.clock += 1,
@@ -694,8 +697,22 @@ fn bytes() -> impl Strategy<Value = u64> {
     ]
 }
 
+/// Sizes at the integer limit, where a total that is not saturating wraps.
+fn huge() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(u64::MAX),
+        Just(u64::MAX - 4096),
+        Just(u64::MAX / 2 + 1),
+        Just(fscache::MAX_ENTRY_SIZE),
+    ]
+}
+
 fn max_size() -> impl Strategy<Value = MaxSize> {
-    prop_oneof![4 => bytes().prop_map(MaxSize::Bytes), 1 => Just(MaxSize::Unlimited)]
+    prop_oneof![
+        4 => bytes().prop_map(MaxSize::Bytes),
+        1 => huge().prop_map(MaxSize::Bytes),
+        1 => Just(MaxSize::Unlimited),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -716,7 +733,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => max_size().prop_map(Op::SetMax),
         1 => prop_oneof![1u8..=100, Just(50), Just(100)].prop_map(Op::SetLowWatermark),
         1 => Just(Op::Resync),
-        1 => prop_oneof![0u64..=40_000, (1u64..=8).prop_map(|k| k * 4096)].prop_map(|bytes| Op::Overcount { bytes }),
+        1 => prop_oneof![3 => 0u64..=40_000, 3 => (1u64..=8).prop_map(|k| k * 4096), 1 => huge()]
+            .prop_map(|bytes| Op::Overcount { bytes }),
         4 => Just(Op::Tick),
     ]
 }
