@@ -145,6 +145,8 @@ mod layout;
 pub mod lock;
 mod maint;
 mod name;
+#[doc(hidden)]
+pub mod replay;
 mod size;
 pub mod stress;
 mod sync;

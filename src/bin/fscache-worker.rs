@@ -20,6 +20,12 @@
 //! clear              -> cleared REMOVED IN_USE UNREMOVABLE DENIED
 //! gc MAX_BYTES       -> gc REMOVED FREED DENIED
 //! run SEED OPS NAMES -> ran COUNTERS | violation WHAT   (random ops)
+//! replay objects|stage N -> replayed ITER RETRIES ERRORS [; FIRST ERROR]...
+//!                       (N iterations of osbuild's create/remove steps,
+//!                       `fscache::replay`)
+//! sweep-loop         -> sweeping            (a thread sweeps orphans in a
+//!                       loop; answered once its first sweep is done)
+//! sweep-stop         -> swept-loops N ERRORS [; FIRST ERROR]
 //! exit               -> (exits 0)
 //! ```
 //!
@@ -27,17 +33,88 @@
 //! reader can tell a whole entry from a torn or mixed one.
 
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 
+use fscache::replay::{Replayer, Store};
 use fscache::stress::{payload, Workload};
 use fscache::{Commit, Eviction, FsCache, GcOptions, LoadGuard, MaxSize, StageGuard, StoreGuard};
 
 struct Worker {
     cache: &'static FsCache,
+    root: PathBuf,
     store: Option<StoreGuard<'static>>,
     hits: Vec<LoadGuard<'static>>,
     stages: Vec<StageGuard<'static>>,
+    sweeper: Option<SweepLoop>,
     nonce: u64,
+}
+
+/// A thread that sweeps orphans until told to stop.
+struct SweepLoop {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<SweepTally>,
+}
+
+/// What a [`SweepLoop`] did: every failed sweep is counted, the first one
+/// described.
+#[derive(Default)]
+struct SweepTally {
+    loops: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl SweepLoop {
+    /// Start sweeping `cache`; returns once the first sweep is done.
+    fn start(cache: &'static FsCache) -> Result<SweepLoop, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (started, first) = mpsc::channel();
+        let thread = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                let mut tally = SweepTally::default();
+                loop {
+                    if let Err(e) = cache.sweep_orphans() {
+                        tally.errors += 1;
+                        tally.first_error.get_or_insert_with(|| chain(&e));
+                    }
+                    tally.loops += 1;
+                    if tally.loops == 1 {
+                        let _ = started.send(());
+                    }
+                    if stop.load(Ordering::Acquire) {
+                        break tally;
+                    }
+                }
+            }
+        });
+        match first.recv() {
+            Ok(()) => Ok(SweepLoop { stop, thread }),
+            Err(_) => Err("the sweeping thread died before its first sweep".into()),
+        }
+    }
+
+    /// Stop after the sweep in progress and say what was done.
+    fn stop(self) -> Result<SweepTally, String> {
+        self.stop.store(true, Ordering::Release);
+        self.thread
+            .join()
+            .map_err(|_| "the sweeping thread panicked".to_string())
+    }
+}
+
+/// An error and its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text += &format!(": {s}");
+        source = s.source();
+    }
+    text
 }
 
 fn describe(c: Commit) -> String {
@@ -164,6 +241,29 @@ impl Worker {
                     None => format!("ran {tally}"),
                 }
             }
+            ["replay", store, n] => {
+                let store: Store = store.parse()?;
+                let tally = Replayer::open(&self.root)?.run(store, n.parse()?);
+                format!("replayed {tally}")
+            }
+            ["sweep-loop"] => match self.sweeper {
+                Some(_) => "error already sweeping".into(),
+                None => {
+                    self.sweeper = Some(SweepLoop::start(self.cache)?);
+                    "sweeping".into()
+                }
+            },
+            ["sweep-stop"] => match self.sweeper.take() {
+                None => "error not sweeping".into(),
+                Some(sweeper) => {
+                    let tally = sweeper.stop()?;
+                    let mut reply = format!("swept-loops {} {}", tally.loops, tally.errors);
+                    if let Some(first) = tally.first_error {
+                        reply += &format!("; {first}");
+                    }
+                    reply
+                }
+            },
             _ => format!("error unknown command {line:?}"),
         })
     }
@@ -185,9 +285,11 @@ fn main() {
     };
     let mut worker = Worker {
         cache: Box::leak(Box::new(cache)),
+        root: PathBuf::from(&dir),
         store: None,
         hits: Vec::new(),
         stages: Vec::new(),
+        sweeper: None,
         nonce: 0,
     };
     let stdout = std::io::stdout();
