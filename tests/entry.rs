@@ -195,11 +195,10 @@ fn sizes_no_file_system_could_measure_make_an_entry_invalid_and_no_total_overflo
         dry_run: true,
         ..Default::default()
     })?;
-    assert_eq!(
-        plan.removed.len(),
-        2,
-        "only valid entries are planned: {plan:?}"
-    );
+    // Invalid entries are the sweep's; the first valid one alone covers
+    // what cache.size accounts.
+    let planned: Vec<_> = plan.removed.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(planned, ["largest"], "{plan:?}");
     let r = cache.resync()?;
     assert_eq!(r.sweep.invalid_entries, 2, "{r:?}");
     assert!(r.after >= fscache::MAX_ENTRY_SIZE, "{r:?}");
