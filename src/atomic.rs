@@ -23,6 +23,22 @@ use crate::feature::{FsFeatures, Support};
 use crate::layout::{remove_entry, LOCK_FILE};
 use crate::lock::{FileLock, LockKind, Wait};
 
+/// What new files are created with; the kernel takes the umask off.
+const NEW_FILE_MODE: Mode = Mode::from_raw_mode(0o666);
+
+/// Whether this process's umask leaves every bit of `mode` in place. The
+/// umask is read once, from `/proc/self/status` (asking the kernel for it
+/// means setting it, which would race other threads); unknown means no.
+fn umask_keeps(mode: Mode) -> bool {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let umask = UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    });
+    umask.is_some_and(|u| mode.as_raw_mode() & u == 0)
+}
+
 /// The permission bits of `st`, to give a replacement.
 pub(crate) fn mode_of(st: &rustix::fs::Stat) -> Mode {
     Mode::from_raw_mode(st.st_mode & 0o7777)
@@ -246,13 +262,15 @@ impl Dir {
         mode: Option<Mode>,
     ) -> Result<Option<FileLock>> {
         loop {
-            let (temp_name, lock) = temp.create_temp()?;
+            let (temp_name, lock) = temp.create_temp(mode.unwrap_or(NEW_FILE_MODE))?;
             let cleanup = scopeguard::guard((), |()| {
                 let _ = unlinkat(temp.as_fd(), temp_name.as_str(), AtFlags::empty());
             });
             // Named after the file it becomes: that is what the caller knows.
             write_all(lock.as_fd(), content, &self.join(name))?;
-            if let Some(mode) = mode {
+            // Created with `mode`, the umask may have taken bits off: put
+            // them back (a call saved where the umask is known to keep them).
+            if let Some(mode) = mode.filter(|m| !umask_keeps(*m)) {
                 fchmod(lock.as_fd(), mode).at(Op::Chmod, || temp.join(&temp_name))?;
             }
             crate::failpoint!("put-before-rename");
@@ -358,7 +376,7 @@ impl Dir {
                 .link_tmpfile(lock.as_fd(), dir.as_fd(), LOCK_FILE, &lock_path)?
                 .map(|()| lock));
         }
-        let (temp_name, lock) = self.create_temp()?;
+        let (temp_name, lock) = self.create_temp(NEW_FILE_MODE)?;
         match self.rename_noreplace(&temp_name, dir.as_fd(), LOCK_FILE) {
             Ok(()) => Ok(Some(lock.with_path(lock_path))),
             Err(e) => {
@@ -376,17 +394,12 @@ impl Dir {
     }
 
     /// Create, open and lock a `uuid-*` temporary file here.
-    fn create_temp(&self) -> Result<(String, FileLock)> {
+    fn create_temp(&self, mode: Mode) -> Result<(String, FileLock)> {
         loop {
             let name = anonymous_name();
             let flags =
                 OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let fd = match openat(
-                self.as_fd(),
-                name.as_str(),
-                flags,
-                Mode::from_raw_mode(0o666),
-            ) {
+            let fd = match openat(self.as_fd(), name.as_str(), flags, mode) {
                 Ok(fd) => fd,
                 Err(Errno::EXIST) => continue,
                 Err(e) => return Err(e).at(Op::Create, || self.join(&name)),
@@ -412,7 +425,7 @@ impl Dir {
             self.as_fd(),
             ".",
             OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o666),
+            NEW_FILE_MODE,
         ) {
             Ok(fd) => Ok(Some(fd)),
             Err(Errno::OPNOTSUPP) | Err(Errno::ISDIR) | Err(Errno::INVAL) | Err(Errno::NOENT) => {
