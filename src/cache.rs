@@ -20,6 +20,7 @@ use rustix::io::Errno;
 
 use crate::atomic::{Dir, Replace};
 use crate::beneath::open_beneath;
+use crate::durability::{Durability, EarlierBoot};
 use crate::error::{not_a_file, Error, IoContext, Op, Result};
 use crate::info::{self, CacheInfo, MaxSize, ObjectInfo};
 use crate::lock::{FileLock, LockKind, Wait};
@@ -39,6 +40,8 @@ pub struct FsCache {
     boot_id: String,
     info: RwLock<CacheInfo>,
     _cache_lock: FileLock,
+    pub(crate) durability: Durability,
+    pub(crate) earlier_boot: EarlierBoot,
 }
 
 impl fmt::Debug for FsCache {
@@ -109,6 +112,8 @@ impl FsCache {
             boot_id,
             info: RwLock::new(info),
             _cache_lock: cache_lock,
+            durability: Durability::None,
+            earlier_boot: EarlierBoot::Serve,
         })
     }
 

@@ -103,6 +103,9 @@ impl FsCache {
         {
             return Ok(None);
         }
+        if !self.serves(name)? {
+            return Ok(None);
+        }
         let now = Timestamps {
             last_access: Timespec {
                 tv_sec: 0,

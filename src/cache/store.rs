@@ -8,6 +8,7 @@ use rustix::fs::{mkdirat, openat, unlinkat, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::atomic::{unlink_info, write_all, AnonymousDir, Dir};
+use crate::durability::{self, Durability};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{MaxSize, ObjectInfo, DATA, OBJECT_INFO};
 use crate::name::validate_name;
@@ -94,6 +95,7 @@ pub struct StoreGuard<'c> {
     data: PathBuf,
     /// The cache's version is unsupported: this is a staging entry.
     degraded: bool,
+    pub(crate) durability: Durability,
 }
 
 impl fmt::Debug for StoreGuard<'_> {
@@ -155,6 +157,7 @@ impl FsCache {
             entry: Some(entry),
             data,
             degraded,
+            durability: self.durability,
         })
     }
 }
@@ -209,12 +212,11 @@ impl<'c> StoreGuard<'c> {
         }
         let cache = self.cache;
         let objects = cache.objects();
-        let entry = self
-            .entry
-            .as_ref()
-            .expect("a guard holds its entry until it is consumed");
+        let Some(entry) = self.entry.as_ref() else {
+            return Err(durability::spent(objects, &self.name));
+        };
         let data = tree::open_dir(entry.dir().as_fd(), DATA).at(Op::Open, || self.data.clone())?;
-        let size = tree::measure(data, &self.data)?;
+        let (size, sync) = durability::measure(data, &self.data, self.durability)?;
         crate::failpoint!("commit-after-measure");
         let info = cache.info();
         let max = info.effective_maximum();
@@ -225,17 +227,20 @@ impl<'c> StoreGuard<'c> {
         let object_info = ObjectInfo {
             creation_boot_id: Some(cache.boot_id().to_owned()),
             size,
+            durable: sync.is_durable(),
         };
         if !cache.account(entry, &object_info, &info)? {
             self.abort_in_place()?;
             return Ok(Commit::NoRoom { size });
         }
         crate::failpoint!("commit-after-info");
+        sync.before_publish(cache, entry, size)?;
         match objects.rename_dir_noreplace(entry.name(), &self.name) {
             Ok(()) => {
                 crate::failpoint!("commit-after-rename");
                 // Committed: releasing the lock publishes it.
                 self.entry = None;
+                sync.after_publish(objects)?;
                 Ok(Commit::Stored { size })
             }
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => {
