@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! store NAME BYTES   -> storing PATH        (the guard is kept)
+//! durability sync|none -> ok                (for the stores that follow)
 //! commit             -> stored SIZE | name-taken | too-large | no-room | unsupported
 //! abort              -> aborted
 //! load NAME          -> hit SIZE | torn REASON | miss   (a hit is kept)
@@ -30,7 +31,9 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 use fscache::stress::{payload, Workload};
-use fscache::{Commit, Eviction, FsCache, GcOptions, LoadGuard, MaxSize, StageGuard, StoreGuard};
+use fscache::{
+    Commit, Durability, Eviction, FsCache, GcOptions, LoadGuard, MaxSize, StageGuard, StoreGuard,
+};
 
 struct Worker {
     cache: &'static FsCache,
@@ -38,6 +41,7 @@ struct Worker {
     hits: Vec<LoadGuard<'static>>,
     stages: Vec<StageGuard<'static>>,
     nonce: u64,
+    durability: Durability,
 }
 
 fn describe(c: Commit) -> String {
@@ -56,13 +60,22 @@ impl Worker {
         let words: Vec<&str> = line.split_whitespace().collect();
         Ok(match words.as_slice() {
             ["store", name, bytes] => {
-                let guard = self.cache.store(name)?;
+                let mut guard = self.cache.store(name)?;
+                guard.set_durability(self.durability);
                 self.nonce += 1;
                 let nonce = u64::from(std::process::id()) << 32 | self.nonce;
                 payload::write(guard.path(), nonce, bytes.parse().unwrap_or(0))?;
                 let reply = format!("storing {}", guard.path().display());
                 self.store = Some(guard);
                 reply
+            }
+            ["durability", "sync"] => {
+                self.durability = Durability::Sync;
+                "ok".into()
+            }
+            ["durability", "none"] => {
+                self.durability = Durability::None;
+                "ok".into()
             }
             ["commit"] => match self.store.take() {
                 Some(guard) => describe(guard.commit()?),
@@ -180,6 +193,7 @@ fn main() {
         hits: Vec::new(),
         stages: Vec::new(),
         nonce: 0,
+        durability: Durability::None,
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
