@@ -21,6 +21,7 @@ use rustix::io::Errno;
 
 use crate::atomic::Dir;
 use crate::beneath::open_beneath;
+use crate::durability::{Durability, EarlierBoot};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{CacheInfo, MaxSize};
 use crate::layout;
@@ -43,6 +44,8 @@ pub struct FsCache {
     heal_gate: HealGate,
     counters: LiveCounters,
     _cache_lock: FileLock,
+    pub(crate) durability: Durability,
+    pub(crate) earlier_boot: EarlierBoot,
 }
 
 /// What one handle has done since it was opened, from [`FsCache::counters`].

@@ -43,6 +43,9 @@ pub enum Op {
     Chmod,
     /// Reading the kernel's boot id.
     ReadBootId,
+    /// Making a file, a directory or a file system durable (`fsync`,
+    /// `syncfs`).
+    Sync,
 }
 
 impl fmt::Display for Op {
@@ -63,6 +66,7 @@ impl fmt::Display for Op {
             Op::SetTimes => "set times of",
             Op::Chmod => "change permissions of",
             Op::ReadBootId => "read boot id from",
+            Op::Sync => "sync",
         })
     }
 }

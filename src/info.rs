@@ -17,6 +17,12 @@ pub const LOW_WATERMARK_KEY: &str = "fscache-low-watermark-percent";
 /// The low watermark when `cache.info` sets none.
 pub const DEFAULT_LOW_WATERMARK_PERCENT: u8 = 90;
 
+/// Our extension key in `object.info`: `true` when the entry was committed
+/// with [`Durability::Sync`](crate::Durability::Sync). Written only then,
+/// so that other entries carry exactly osbuild's JSON; version-1 readers
+/// (osbuild) ignore it.
+pub const DURABLE_KEY: &str = "fscache-durable";
+
 /// The most the cache may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MaxSize {
@@ -213,11 +219,29 @@ pub struct ObjectInfo {
     /// The space its `data/` occupied when committed, as accounted in
     /// `cache.size`.
     pub size: u64,
+    /// Our extension ([`DURABLE_KEY`]): it was committed with
+    /// [`Durability::Sync`](crate::Durability::Sync), so it was on disk,
+    /// whole, before it appeared under its name. False when the key is
+    /// missing (osbuild's entries) or anything but `true`.
+    pub durable: bool,
 }
 
 impl ObjectInfo {
     /// Parse an `object.info`; `None` unless it is a JSON object with an
     /// integer `"size"` from 0 to [`MAX_ENTRY_SIZE`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fscache::ObjectInfo;
+    /// // What osbuild writes: not durable.
+    /// let osbuild = ObjectInfo::parse(br#"{"creation-boot-id": "0123456789abcdef0123456789abcdef", "size": 4096}"#).unwrap();
+    /// assert!(!osbuild.durable);
+    /// let ours = ObjectInfo::parse(br#"{"size": 4096, "fscache-durable": true}"#).unwrap();
+    /// assert!(ours.durable);
+    /// assert!(!ObjectInfo::parse(br#"{"size": 4096, "fscache-durable": "yes"}"#).unwrap().durable);
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
     pub fn parse(bytes: &[u8]) -> Option<ObjectInfo> {
         let value: Value = serde_json::from_slice(bytes).ok()?;
         let map = value.as_object()?;
@@ -227,16 +251,21 @@ impl ObjectInfo {
                 .get("creation-boot-id")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            durable: map.get(DURABLE_KEY).and_then(Value::as_bool) == Some(true),
         })
     }
 
-    /// The JSON osbuild writes: `{"creation-boot-id": "…", "size": N}`.
+    /// The JSON osbuild writes: `{"creation-boot-id": "…", "size": N}`,
+    /// followed by `"fscache-durable": true` for a durable entry.
     pub fn to_json(&self) -> Vec<u8> {
         let mut map = Map::new();
         if let Some(b) = &self.creation_boot_id {
             map.insert("creation-boot-id".into(), Value::from(b.clone()));
         }
         map.insert("size".into(), Value::from(self.size));
+        if self.durable {
+            map.insert(DURABLE_KEY.into(), Value::from(true));
+        }
         serde_json::to_vec(&Value::Object(map)).unwrap_or_default()
     }
 }
@@ -324,8 +353,11 @@ mod tests {
         let i = ObjectInfo {
             creation_boot_id: Some("ab".repeat(16)),
             size: 4096,
+            durable: false,
         };
-        assert_eq!(ObjectInfo::parse(&i.to_json()), Some(i));
+        assert_eq!(ObjectInfo::parse(&i.to_json()), Some(i.clone()));
+        let durable = ObjectInfo { durable: true, ..i };
+        assert_eq!(ObjectInfo::parse(&durable.to_json()), Some(durable));
         assert_eq!(ObjectInfo::parse(br#"{"size": -1}"#), None);
         assert!(ObjectInfo::parse(br#"{"size": 9007199254740991}"#).is_some());
         assert_eq!(ObjectInfo::parse(br#"{"size": 9007199254740992}"#), None);

@@ -65,10 +65,11 @@
 //! orphan, which the sweep removes (liveness is the lock, never an age). A
 //! crash inside the size section can only leave `cache.size` too high; a
 //! resync restores it exactly. A committed entry is never damaged by a
-//! crash: it becomes visible whole, by one rename.
+//! process crash: it becomes visible whole, by one rename.
 //!
 //! **Across a reboot** locks vanish with the processes; entries stay, tagged
-//! with the boot id that made them, so callers can tell old from new.
+//! with the boot id that made them, so callers can tell old from new (see
+//! [`EarlierBoot`] and *Durability* below for a power cut).
 //!
 //! **On NFS** OFD locks go through the lock manager and `ESTALE` is handled,
 //! but rename and lock coherence are weaker than on a local file system:
@@ -76,8 +77,45 @@
 //!
 //! # Durability
 //!
-//! Nothing is `fsync`ed: a power cut can lose recent entries (a cache may
-//! lose data), and the rename order means that what survives is whole.
+//! A process crash loses nothing that was committed: the kernel keeps what
+//! a dead process wrote. A power cut (or a kernel crash) loses what the
+//! kernel had not yet written to the disk, and the file system may then
+//! have kept a rename but not the data of the files it moved. What a power
+//! cut leaves depends on the [`Durability`] a commit used:
+//!
+//! * [`Durability::None`], the default and what osbuild does: nothing is
+//!   synced, and entries committed shortly before the cut (typically in
+//!   the last half minute) may be lost entirely or, on ext4, come back
+//!   under their name with empty or zero-filled files: ext4 commits the
+//!   rename of a new directory within seconds, but may write the data of
+//!   the files inside it half a minute later. Their `object.info` may be
+//!   empty too. A caller who cares opens the
+//!   cache with [`EarlierBoot::MissUnlessDurable`]: the entries at risk are
+//!   exactly those that a *different boot* committed without
+//!   [`Durability::Sync`], and such entries are then misses.
+//! * [`Durability::Sync`]: `commit` makes the entry's files and
+//!   directories, its `object.info` and the size it adds to `cache.size`
+//!   durable before the rename that publishes it, and the rename before it
+//!   returns. Once it has returned [`Commit::Stored`], the entry survives a
+//!   power cut whole; before that, a power cut leaves it absent (or as an
+//!   orphan `uuid-*` directory, which the sweep removes), never partial.
+//!   The entry's `object.info` records it (`"fscache-durable": true`,
+//!   [`ObjectInfo::durable`]). It costs a few fsyncs for a small entry and
+//!   one `syncfs` for a large one (see `benches/durability.rs`).
+//!
+//! Choose the policy per handle ([`OpenOptions::durability`]) or per
+//! entry ([`StoreGuard::set_durability`]).
+//!
+//! After a crash of either kind `cache.size` may count too much, never too
+//! little: a size is added before the `object.info` that accounts for it
+//! appears (and, with [`Durability::Sync`], is durable before the entry
+//! is), and is given back only after it is gone. The excess belongs to
+//! orphans, whose size the orphan sweep ([`FsCache::sweep_orphans`], also
+//! part of [`FsCache::gc`]) gives back, or to an operation cut short,
+//! which [`FsCache::resync`] corrects. Removals are not synced: after a
+//! power cut an evicted entry may be back, its size still counted (file
+//! systems that journal their metadata in order, as ext4 and XFS do, never
+//! keep the smaller size without the removal).
 //!
 //! # Security
 //!
@@ -136,6 +174,7 @@ pub mod atomic;
 mod beneath;
 mod bootid;
 mod cache;
+mod durability;
 mod error;
 #[doc(hidden)]
 pub mod failpoint;
@@ -156,10 +195,11 @@ pub use bootid::app_boot_id;
 pub use cache::{
     Commit, CommitError, Counters, FsCache, LoadGuard, OpenOptions, StageGuard, StoreGuard,
 };
+pub use durability::{Durability, EarlierBoot};
 pub use error::{Error, ErrorKind, Op, Result};
 pub use info::{
-    parse_size, CacheInfo, MaxSize, ObjectInfo, DEFAULT_LOW_WATERMARK_PERCENT, LOW_WATERMARK_KEY,
-    MAX_ENTRY_SIZE, VERSION_CURRENT, VERSION_MINIMUM,
+    parse_size, CacheInfo, MaxSize, ObjectInfo, DEFAULT_LOW_WATERMARK_PERCENT, DURABLE_KEY,
+    LOW_WATERMARK_KEY, MAX_ENTRY_SIZE, VERSION_CURRENT, VERSION_MINIMUM,
 };
 pub use layout::ROOT_LAYOUT;
 pub use lock::Wait;

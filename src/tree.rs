@@ -70,13 +70,85 @@ fn is_dot(name: &CStr) -> bool {
 /// descriptor so that listing it needs no second open.
 pub(crate) fn measure(dir: OwnedFd, path: &Path) -> Result<u64> {
     let listing = Dir::new(dir).at(Op::ReadDir, || path.to_owned())?;
-    let mut measure = Measure { total: 0 };
+    let mut measure = Measure {
+        total: 0,
+        sync: None,
+    };
     walk(listing, path, &mut measure)?;
     Ok(measure.total)
 }
 
+/// Measure the tree as [`measure`] does and, in the same walk, fsync each
+/// of its directories and regular files while no more than `budget`
+/// fsyncs are needed. Returns the size and whether the whole tree was
+/// fsynced: it is not if it holds more than `budget` files and
+/// directories, or something without a descriptor to fsync (a link, a
+/// fifo, a device, a file we may not open), which then needs a `syncfs`.
+pub(crate) fn measure_and_sync(dir: OwnedFd, path: &Path, budget: usize) -> Result<(u64, bool)> {
+    let listing = Dir::new(dir).at(Op::ReadDir, || path.to_owned())?;
+    let mut measure = Measure {
+        total: 0,
+        sync: Some(Budget {
+            left: budget,
+            whole: true,
+        }),
+    };
+    walk(listing, path, &mut measure)?;
+    let whole = measure.sync.is_some_and(|b| b.whole);
+    Ok((measure.total, whole))
+}
+
 struct Measure {
     total: u64,
+    /// Fsync on the way (`None`: measure only, no other system call).
+    sync: Option<Budget>,
+}
+
+/// The fsyncs a measuring walk may still make.
+#[derive(Clone, Copy)]
+struct Budget {
+    left: usize,
+    /// Everything seen so far has been fsynced.
+    whole: bool,
+}
+
+impl Budget {
+    /// Take one fsync from the budget; false (and the tree is no longer
+    /// whole) once it is spent.
+    fn take(&mut self) -> bool {
+        if !self.whole || self.left == 0 {
+            self.whole = false;
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+}
+
+impl Measure {
+    /// Open the regular file `name` of `dir`, fsync it and return its
+    /// metadata; `None` (and the tree needs a `syncfs`) if it cannot be
+    /// opened as a regular file.
+    fn sync_file(
+        budget: &mut Budget,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        here: &Here<'_>,
+    ) -> Result<Option<rustix::fs::Stat>> {
+        // NONBLOCK: a fifo put in the file's place must not hang the open.
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let Ok(fd) = openat(dir, name, flags, Mode::empty()) else {
+            budget.whole = false;
+            return Ok(None);
+        };
+        let st = fstat(&fd).at(Op::Stat, || here.child(name))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            budget.whole = false;
+            return Ok(None);
+        }
+        crate::durability::fsync(fd.as_fd(), &here.child(name))?;
+        Ok(Some(st))
+    }
 }
 
 impl Visit for Measure {
@@ -86,6 +158,9 @@ impl Visit for Measure {
         let fd = dir.fd().at(Op::ReadDir, || here.dir())?;
         let own = fstat(fd).at(Op::Stat, || here.dir())?;
         self.total = self.total.saturating_add(occupied(&own));
+        if self.sync.as_mut().is_some_and(Budget::take) {
+            crate::durability::fsync(fd, &here.dir())?;
+        }
         let mut subdirs = Vec::new();
         while let Some(entry) = dir.next() {
             let entry = entry.at(Op::ReadDir, || here.dir())?;
@@ -98,6 +173,32 @@ impl Visit for Measure {
                 continue;
             }
             let fd = dir.fd().at(Op::ReadDir, || here.dir())?;
+            if let Some(budget) = self.sync.as_mut() {
+                let kind = match entry.file_type() {
+                    // The file system does not say: look.
+                    FileType::Unknown => FileType::from_raw_mode(
+                        statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                            .at(Op::Stat, || here.child(name))?
+                            .st_mode,
+                    ),
+                    kind => kind,
+                };
+                match kind {
+                    FileType::Directory => {
+                        subdirs.push(name.to_owned());
+                        continue;
+                    }
+                    FileType::RegularFile if budget.take() => {
+                        if let Some(st) = Self::sync_file(budget, fd, name, here)? {
+                            self.total = self.total.saturating_add(occupied(&st));
+                            continue;
+                        }
+                    }
+                    FileType::RegularFile => {}
+                    // A link or a special file: only a syncfs reaches it.
+                    _ => budget.whole = false,
+                }
+            }
             let st =
                 statat(fd, name, AtFlags::SYMLINK_NOFOLLOW).at(Op::Stat, || here.child(name))?;
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
@@ -226,6 +327,34 @@ mod tests {
         assert!(
             got < 1 << 20,
             "neither the sparse length nor the link target may count: {got}"
+        );
+    }
+
+    #[test]
+    fn measuring_and_syncing_counts_what_measuring_counts_and_says_when_it_fell_short() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
+        for f in ["a/1", "a/b/2", "3"] {
+            std::fs::write(t.path().join(f), vec![1u8; 5000]).unwrap();
+        }
+        let size = measure(root(&t), t.path()).unwrap();
+        // Three directories and three files: six fsyncs.
+        assert_eq!(
+            measure_and_sync(root(&t), t.path(), 6).unwrap(),
+            (size, true),
+            "a budget of six fsyncs covers the whole tree"
+        );
+        assert_eq!(
+            measure_and_sync(root(&t), t.path(), 5).unwrap(),
+            (size, false),
+            "one fsync short: the tree needs a syncfs, and measures the same"
+        );
+        symlink("3", t.path().join("a/link")).unwrap();
+        let size = measure(root(&t), t.path()).unwrap();
+        assert_eq!(
+            measure_and_sync(root(&t), t.path(), 100).unwrap(),
+            (size, false),
+            "a link cannot be fsynced: the tree needs a syncfs"
         );
     }
 

@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! store NAME BYTES   -> storing PATH        (the guard is kept)
+//! durability sync|none -> ok                (for the stores that follow)
 //! commit             -> stored SIZE | name-taken | too-large | no-room | unsupported
 //! abort              -> aborted
 //! load NAME          -> hit SIZE | torn REASON | miss   (a hit is kept)
@@ -40,7 +41,9 @@ use std::thread::JoinHandle;
 
 use fscache::replay::{Replayer, Store};
 use fscache::stress::{payload, Workload};
-use fscache::{Commit, Eviction, FsCache, GcOptions, LoadGuard, MaxSize, StageGuard, StoreGuard};
+use fscache::{
+    Commit, Durability, Eviction, FsCache, GcOptions, LoadGuard, MaxSize, StageGuard, StoreGuard,
+};
 
 struct Worker {
     cache: &'static FsCache,
@@ -50,6 +53,7 @@ struct Worker {
     stages: Vec<StageGuard<'static>>,
     sweeper: Option<SweepLoop>,
     nonce: u64,
+    durability: Durability,
 }
 
 /// A thread that sweeps orphans until told to stop.
@@ -133,13 +137,22 @@ impl Worker {
         let words: Vec<&str> = line.split_whitespace().collect();
         Ok(match words.as_slice() {
             ["store", name, bytes] => {
-                let guard = self.cache.store(name)?;
+                let mut guard = self.cache.store(name)?;
+                guard.set_durability(self.durability);
                 self.nonce += 1;
                 let nonce = u64::from(std::process::id()) << 32 | self.nonce;
                 payload::write(guard.path(), nonce, bytes.parse().unwrap_or(0))?;
                 let reply = format!("storing {}", guard.path().display());
                 self.store = Some(guard);
                 reply
+            }
+            ["durability", "sync"] => {
+                self.durability = Durability::Sync;
+                "ok".into()
+            }
+            ["durability", "none"] => {
+                self.durability = Durability::None;
+                "ok".into()
             }
             ["commit"] => match self.store.take() {
                 Some(guard) => describe(guard.commit()?),
@@ -291,6 +304,7 @@ fn main() {
         stages: Vec::new(),
         sweeper: None,
         nonce: 0,
+        durability: Durability::None,
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -90,6 +90,9 @@ impl FsCache {
         let Some(info) = committed(objects, name, lock.locked_stat())? else {
             return Ok(self.missed());
         };
+        if !self.earlier_boot.serves(Some(&info), self.boot_id()) {
+            return Ok(self.missed());
+        }
         let now = Timestamps {
             last_access: Timespec {
                 tv_sec: 0,

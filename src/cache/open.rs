@@ -9,6 +9,7 @@ use rustix::fs::{statat, AtFlags, FileType};
 use rustix::io::Errno;
 
 use crate::atomic::{Dir, Replace};
+use crate::durability::{Durability, EarlierBoot};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::CacheInfo;
 use crate::layout;
@@ -43,6 +44,8 @@ use super::{read_info, LiveCounters};
 pub struct OpenOptions {
     create: bool,
     wait: Wait,
+    durability: Durability,
+    earlier_boot: EarlierBoot,
 }
 
 impl Default for OpenOptions {
@@ -59,6 +62,8 @@ impl OpenOptions {
         OpenOptions {
             create: true,
             wait: Wait::Forever,
+            durability: Durability::None,
+            earlier_boot: EarlierBoot::Serve,
         }
     }
 
@@ -75,6 +80,46 @@ impl OpenOptions {
     /// [`Wait::Timeout`] with [`Error::TimedOut`] once it has passed.
     pub fn wait(&mut self, wait: Wait) -> &mut OpenOptions {
         self.wait = wait;
+        self
+    }
+
+    /// Commit the handle's entries with `durability` (the default is
+    /// [`Durability::None`]); [`StoreGuard::set_durability`] overrides it
+    /// for one entry. See the crate docs for what survives a power cut.
+    ///
+    /// [`StoreGuard::set_durability`]: crate::StoreGuard::set_durability
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fscache::{Durability, OpenOptions};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cache = OpenOptions::new().durability(Durability::Sync).open("my-tool", dir.path())?;
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
+    pub fn durability(&mut self, durability: Durability) -> &mut OpenOptions {
+        self.durability = durability;
+        self
+    }
+
+    /// Load entries under `policy` (the default is [`EarlierBoot::Serve`]):
+    /// with [`EarlierBoot::MissUnlessDurable`], an entry committed without
+    /// [`Durability::Sync`] during an earlier boot is a miss, since a power
+    /// cut may have emptied its files.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fscache::{EarlierBoot, OpenOptions};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cache = OpenOptions::new()
+    ///     .earlier_boot(EarlierBoot::MissUnlessDurable)
+    ///     .open("my-tool", dir.path())?;
+    /// assert!(cache.load("anything")?.is_none());
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
+    pub fn earlier_boot(&mut self, policy: EarlierBoot) -> &mut OpenOptions {
+        self.earlier_boot = policy;
         self
     }
 
@@ -134,6 +179,8 @@ impl OpenOptions {
             info: RwLock::new(info),
             heal_gate: HealGate::default(),
             counters: LiveCounters::default(),
+            durability: self.durability,
+            earlier_boot: self.earlier_boot,
             _cache_lock: cache_lock,
         })
     }

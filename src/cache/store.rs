@@ -8,6 +8,7 @@ use rustix::fs::{mkdirat, Mode};
 use rustix::io::Errno;
 
 use crate::atomic::AnonymousDir;
+use crate::durability::{self, Durability};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{MaxSize, ObjectInfo};
 use crate::layout::DATA;
@@ -95,6 +96,7 @@ pub struct StoreGuard<'c> {
     data: PathBuf,
     /// The cache's version is unsupported: this is a staging entry.
     degraded: bool,
+    pub(crate) durability: Durability,
 }
 
 impl fmt::Debug for StoreGuard<'_> {
@@ -156,6 +158,7 @@ impl FsCache {
             entry: Some(entry),
             data,
             degraded,
+            durability: self.durability,
         })
     }
 }
@@ -216,14 +219,10 @@ impl<'c> StoreGuard<'c> {
         // A guard that comes back in a CommitError still holds its entry;
         // only a commit that succeeded or settled an outcome lets go of it.
         let Some(entry) = self.entry.as_ref() else {
-            return Err(Error::Rename {
-                from: self.data.clone(),
-                to: objects.join(&self.name),
-                source: Errno::NOENT.into(),
-            });
+            return Err(durability::spent(objects, &self.name));
         };
         let data = tree::open_dir(entry.dir().as_fd(), DATA).at(Op::Open, || self.data.clone())?;
-        let size = tree::measure(data, &self.data)?;
+        let (size, sync) = durability::measure(data, &self.data, self.durability)?;
         crate::failpoint!("commit-after-measure");
         let info = cache.info();
         let max = info.effective_maximum();
@@ -234,6 +233,7 @@ impl<'c> StoreGuard<'c> {
         let object_info = ObjectInfo {
             creation_boot_id: Some(cache.boot_id().to_owned()),
             size,
+            durable: sync.is_durable(),
         };
         let accounted = cache
             .accounting()
@@ -243,6 +243,7 @@ impl<'c> StoreGuard<'c> {
             return Ok(Commit::NoRoom { size });
         }
         crate::failpoint!("commit-after-info");
+        sync.before_publish(cache, entry, size)?;
         match objects.rename_dir_noreplace(entry.name(), &self.name) {
             Ok(()) => {
                 crate::failpoint!("commit-after-rename");
@@ -250,6 +251,7 @@ impl<'c> StoreGuard<'c> {
                 self.entry = None;
                 let stored = &cache.live_counters().stored;
                 stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                sync.after_publish(objects)?;
                 Ok(Commit::Stored { size })
             }
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => {
