@@ -39,7 +39,8 @@
 //! locks the directory it sits in.
 //!
 //! * `cache.lock`: every open [`FsCache`] holds it shared for its whole
-//!   life; an exclusive holder would have the cache to itself.
+//!   life; an exclusive holder would have the cache to itself. How long an
+//!   open waits for such a holder is [`OpenOptions::wait`]'s to say.
 //! * `objects/<name>/object.lock`: readers ([`FsCache::load`]) hold it
 //!   shared; whoever creates or removes the entry holds it exclusive. A
 //!   reader never waits: contention is a miss. An evictor never waits
@@ -60,12 +61,41 @@
 //! descriptor with the path (device and inode); if the file was replaced or
 //! removed meanwhile (or NFS answers `ESTALE`), start again.
 //!
+//! **What an entry is**, for every operation alike (load, stats, the
+//! sweep, resync, eviction): a directory `objects/<name>` whose
+//! `object.lock` is a regular file, whose `object.info` is a JSON object
+//! with an integer `size` from 0 to [`MAX_ENTRY_SIZE`], and whose `data` is
+//! a directory, none of them a link. Anything else there is an *invalid*
+//! entry: a load misses it, stats counts it, the sweep removes it when it
+//! can take its lock. `cache.size` accounts every `object.info` that reads
+//! as one, valid entry or not, and whoever removes one gives its size back.
+//!
 //! **On a crash** the kernel drops every lock of the dead process. What it
 //! was building is left as an unlocked `uuid-*` directory or file: an
 //! orphan, which the sweep removes (liveness is the lock, never an age). A
-//! crash inside the size section can only leave `cache.size` too high; a
-//! resync restores it exactly. A committed entry is never damaged by a
-//! process crash: it becomes visible whole, by one rename.
+//! crash inside the size section can only leave `cache.size` too high. A
+//! committed entry is never damaged by a process crash: it becomes visible
+//! whole, by one rename.
+//!
+//! **Cleaning up** follows what osbuild's creator and remover expect of a
+//! cleaner (FORMAT.md): both pass through states where an anonymous
+//! directory has no `object.lock`, so the sweep only ever tries `rmdir` on
+//! such a directory (which succeeds only while it is empty) and never puts
+//! anything into one. A lockless directory that is not empty is no state
+//! of any protocol; it is left in place and reported
+//! ([`SweepReport::lockless`]).
+//!
+//! **The accounting heals itself.** A `cache.size` that is too high (crash
+//! debris), holds no number, or was replaced by a link, directory, fifo or
+//! socket is recounted from the `object.info` files inside the size
+//! section by whoever needs it: a commit that finds no room with nothing
+//! left to evict (at most once a minute per handle, so a cache full of
+//! entries in use does not rescan on every store), any operation that
+//! cannot read a number there, and every [`FsCache::gc`] and
+//! [`FsCache::clear`], which end exact. What was planted is moved aside and
+//! removed, never followed. [`Counters::heals`] counts the recounts; a
+//! healthy cache never makes one. Sums of sizes never overflow: a size past
+//! [`MAX_ENTRY_SIZE`] makes its entry invalid, and totals saturate.
 //!
 //! **Across a reboot** locks vanish with the processes; entries stay, tagged
 //! with the boot id that made them, so callers can tell old from new (see
