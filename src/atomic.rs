@@ -11,6 +11,7 @@
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{
     fchmod, linkat, mkdirat, openat, renameat, renameat_with, unlinkat, AtFlags, Mode, OFlags,
@@ -314,9 +315,11 @@ impl Dir {
     /// # Examples
     ///
     /// ```
+    /// use std::sync::Arc;
     /// use fscache::atomic::Dir;
     /// let t = tempfile::tempdir().unwrap();
-    /// let store = Dir::open(t.path())?;
+    /// // The entry keeps its directory: it may outlive this scope.
+    /// let store = Arc::new(Dir::open(t.path())?);
     /// let entry = store.create_anonymous()?;
     /// assert!(entry.name().starts_with("uuid-"));
     /// assert!(t.path().join(entry.name()).join("object.lock").exists());
@@ -324,7 +327,7 @@ impl Dir {
     /// assert_eq!(std::fs::read_dir(t.path())?.count(), 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn create_anonymous(&self) -> Result<AnonymousDir<'_>> {
+    pub fn create_anonymous(self: &Arc<Self>) -> Result<AnonymousDir> {
         loop {
             let name = anonymous_name();
             crate::failpoint!("anon-before-mkdir");
@@ -345,7 +348,7 @@ impl Dir {
             match self.link_new_lock(&dir) {
                 Ok(Some(lock)) => {
                     return Ok(AnonymousDir {
-                        parent: self,
+                        parent: Arc::clone(self),
                         dir,
                         name,
                         lock,
@@ -536,14 +539,14 @@ pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8], path: &Path) -> Resu
 /// Dropping it releases the lock and leaves the directory: anyone may then
 /// sweep it as an orphan. Call [`AnonymousDir::remove`] to remove it.
 #[must_use = "dropping it leaves an orphan directory for the next sweep"]
-pub struct AnonymousDir<'a> {
-    parent: &'a Dir,
+pub struct AnonymousDir {
+    parent: Arc<Dir>,
     dir: Dir,
     name: String,
     lock: FileLock,
 }
 
-impl fmt::Debug for AnonymousDir<'_> {
+impl fmt::Debug for AnonymousDir {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AnonymousDir")
             .field("path", &self.dir.path())
@@ -551,7 +554,7 @@ impl fmt::Debug for AnonymousDir<'_> {
     }
 }
 
-impl<'a> AnonymousDir<'a> {
+impl AnonymousDir {
     /// Its `uuid-*` name.
     pub fn name(&self) -> &str {
         &self.name
@@ -563,8 +566,8 @@ impl<'a> AnonymousDir<'a> {
     }
 
     /// The directory it lives in.
-    pub fn parent(&self) -> &'a Dir {
-        self.parent
+    pub fn parent(&self) -> &Dir {
+        &self.parent
     }
 
     /// Its path.
@@ -586,7 +589,7 @@ impl<'a> AnonymousDir<'a> {
     /// [`Error::Io`] naming the step that failed; what is left is an
     /// unlocked `uuid-*` directory that the next orphan sweep removes.
     pub fn remove(self) -> Result<()> {
-        remove_entry(self.parent, &self.name, &self.dir)
+        remove_entry(&self.parent, &self.name, &self.dir)
     }
 }
 
@@ -594,10 +597,10 @@ impl<'a> AnonymousDir<'a> {
 mod tests {
     use super::*;
 
-    fn each_mode(f: impl Fn(&Dir)) {
+    fn each_mode(f: impl Fn(&Arc<Dir>)) {
         for disable in ["", "tmpfile", "noreplace", "tmpfile,noreplace"] {
             let t = tempfile::tempdir().unwrap();
-            let dir = Dir::open(t.path()).unwrap();
+            let dir = Arc::new(Dir::open(t.path()).unwrap());
             for d in disable.split(',') {
                 match d {
                     "tmpfile" => dir.features.tmpfile.set(Support::No),

@@ -14,7 +14,7 @@ use std::fmt;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -30,14 +30,44 @@ use crate::size::{self, Accounting, HealGate};
 
 /// An open cache: the handle every operation starts from.
 ///
-/// It holds a shared lock on `cache.lock` for its whole life, so that an
-/// exclusive holder of that lock knows nobody is using the cache. It is
-/// `Send + Sync`: share one handle (`&FsCache` or `Arc<FsCache>`) between
-/// threads; each guard it hands out owns its own locks.
+/// A cheap handle: cloning it shares one open cache (an `Arc`), it is
+/// `Send + Sync + 'static`, and the guards it hands out own a clone, so
+/// they may outlive the scope that opened the cache, move to other threads
+/// (or into `tokio::task::spawn_blocking`) and live in structs. Each guard
+/// still holds its own open file descriptions and locks: two guards conflict
+/// inside one process exactly as in two processes.
+///
+/// The open cache holds a shared lock on `cache.lock` for as long as any
+/// clone or guard lives, so that an exclusive holder of that lock knows
+/// nobody is using the cache; dropping the last handle while guards live
+/// is safe, and the lock goes with the last of them.
+///
+/// # Examples
+///
+/// ```
+/// use fscache::{FsCache, MaxSize};
+/// let dir = tempfile::tempdir().unwrap();
+/// let cache = FsCache::open("my-tool", dir.path())?;
+/// cache.set_maximum_size(MaxSize::Unlimited)?;
+/// let entry = cache.store("built-elsewhere")?;
+/// drop(cache); // the guard owns what it needs
+/// let worker = std::thread::spawn(move || {
+///     std::fs::write(entry.path().join("out"), b"x").unwrap();
+///     entry.commit().map(|outcome| outcome.is_stored())
+/// });
+/// assert!(worker.join().unwrap()?);
+/// # Ok::<(), fscache::Error>(())
+/// ```
+#[derive(Clone)]
 pub struct FsCache {
+    inner: Arc<Inner>,
+}
+
+/// What one open cache holds, shared by its handles and guards.
+pub(crate) struct Inner {
     root: Dir,
-    objects: Dir,
-    stage: Dir,
+    objects: Arc<Dir>,
+    stage: Arc<Dir>,
     app_id: String,
     boot_id: String,
     info: RwLock<CacheInfo>,
@@ -74,11 +104,19 @@ pub(crate) struct LiveCounters {
     pub(crate) heals: AtomicU64,
 }
 
+impl From<Inner> for FsCache {
+    fn from(inner: Inner) -> FsCache {
+        FsCache {
+            inner: Arc::new(inner),
+        }
+    }
+}
+
 impl fmt::Debug for FsCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FsCache")
-            .field("path", &self.root.path())
-            .field("app_id", &self.app_id)
+            .field("path", &self.inner.root.path())
+            .field("app_id", &self.inner.app_id)
             .field("info", &self.info())
             .finish()
     }
@@ -116,24 +154,28 @@ impl FsCache {
 
     /// The cache root, as given to [`FsCache::open`].
     pub fn path(&self) -> &Path {
-        self.root.path()
+        self.inner.root.path()
     }
 
     /// The application id given to [`FsCache::open`].
     pub fn app_id(&self) -> &str {
-        &self.app_id
+        &self.inner.app_id
     }
 
     /// The application-specific boot id of this boot; new entries are
     /// tagged with it.
     pub fn boot_id(&self) -> &str {
-        &self.boot_id
+        &self.inner.boot_id
     }
 
     /// The configuration as last read (at open, or by
     /// [`FsCache::reload_info`] or an update).
     pub fn info(&self) -> CacheInfo {
-        self.info.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .info
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Read `cache.info` again, picking up changes made by others.
@@ -142,8 +184,8 @@ impl FsCache {
     ///
     /// [`Error::Io`] if it cannot be read.
     pub fn reload_info(&self) -> Result<CacheInfo> {
-        let fresh = read_info(&self.root)?;
-        *self.info.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        let fresh = read_info(&self.inner.root)?;
+        *self.inner.info.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
         Ok(fresh)
     }
 
@@ -173,15 +215,15 @@ impl FsCache {
     /// ```
     pub fn update_info(&self, update: &CacheInfo) -> Result<CacheInfo> {
         update.validate()?;
-        let path = || self.root.join(layout::CACHE_INFO);
+        let path = || self.inner.root.join(layout::CACHE_INFO);
         let lock = self
-            .root
+            .root()
             .lock(layout::CACHE_INFO, LockKind::Exclusive, Wait::Forever)?;
         let raw = read_all(&lock, &path())?;
         let current = CacheInfo::parse(&raw);
         if !current.is_supported() {
             return Err(Error::UnsupportedVersion {
-                path: self.root.path().to_owned(),
+                path: self.inner.root.path().to_owned(),
                 version: current.version,
             });
         }
@@ -189,12 +231,16 @@ impl FsCache {
             .merge_into(&raw)
             .ok_or_else(|| Error::corrupt(path(), "not a JSON object; it is left as it is"))?;
         let mode = lock.locked_stat().map(crate::atomic::mode_of);
-        self.root
-            .replace_with_mode(layout::CACHE_INFO, &merged, &self.objects, mode)?;
+        self.inner.root.replace_with_mode(
+            layout::CACHE_INFO,
+            &merged,
+            &self.inner.objects,
+            mode,
+        )?;
         crate::failpoint!("info-after-temp");
         drop(lock);
         let fresh = CacheInfo::parse(&merged);
-        *self.info.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        *self.inner.info.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
         Ok(fresh)
     }
 
@@ -218,38 +264,48 @@ impl FsCache {
     /// [`Error::Io`] if it cannot be read; [`Error::Corrupt`] if it holds
     /// no size.
     pub fn accounted_size(&self) -> Result<u64> {
-        size::read_unlocked(&self.root)?.ok_or_else(|| {
+        size::read_unlocked(&self.inner.root)?.ok_or_else(|| {
             Error::corrupt(
-                self.root.join(layout::CACHE_SIZE),
+                self.inner.root.join(layout::CACHE_SIZE),
                 "not a non-negative JSON integer",
             )
         })
     }
 
     pub(crate) fn root(&self) -> &Dir {
-        &self.root
+        &self.inner.root
     }
 
-    pub(crate) fn objects(&self) -> &Dir {
-        &self.objects
+    pub(crate) fn objects(&self) -> &Arc<Dir> {
+        &self.inner.objects
     }
 
-    pub(crate) fn stage_dir(&self) -> &Dir {
-        &self.stage
+    pub(crate) fn stage_dir(&self) -> &Arc<Dir> {
+        &self.inner.stage
+    }
+
+    /// The handle's durability policy for new stores.
+    pub(crate) fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// The handle's policy for entries of earlier boots.
+    pub(crate) fn earlier_boot(&self) -> EarlierBoot {
+        self.inner.earlier_boot
     }
 
     /// Every change of `cache.size` goes through here.
     pub(crate) fn accounting(&self) -> Accounting<'_> {
         Accounting {
-            root: &self.root,
-            objects: &self.objects,
-            gate: &self.heal_gate,
-            heals: &self.counters.heals,
+            root: &self.inner.root,
+            objects: &self.inner.objects,
+            gate: &self.inner.heal_gate,
+            heals: &self.inner.counters.heals,
         }
     }
 
     pub(crate) fn live_counters(&self) -> &LiveCounters {
-        &self.counters
+        &self.inner.counters
     }
 
     /// What this handle has done since it was opened: hits, misses,
@@ -265,7 +321,7 @@ impl FsCache {
     /// # Ok::<(), fscache::Error>(())
     /// ```
     pub fn counters(&self) -> Counters {
-        let c = &self.counters;
+        let c = &self.inner.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Counters {
             hits: get(&c.hits),
@@ -282,7 +338,7 @@ impl FsCache {
             Ok(info)
         } else {
             Err(Error::UnsupportedVersion {
-                path: self.root.path().to_owned(),
+                path: self.inner.root.path().to_owned(),
                 version: info.version,
             })
         }

@@ -165,7 +165,7 @@ impl EarlierBoot {
     }
 }
 
-impl StoreGuard<'_> {
+impl StoreGuard {
     /// Commit this entry with `durability`, whatever its handle's policy
     /// ([`OpenOptions::durability`](crate::OpenOptions::durability)).
     ///
@@ -236,7 +236,7 @@ impl Pending {
     pub(crate) fn before_publish(
         &self,
         cache: &FsCache,
-        entry: &AnonymousDir<'_>,
+        entry: &AnonymousDir,
         size: u64,
     ) -> Result<()> {
         if self.policy == Durability::None {

@@ -357,7 +357,7 @@ impl<'c> Accounting<'c> {
     /// undercounts.
     pub(crate) fn account(
         &self,
-        entry: &AnonymousDir<'_>,
+        entry: &AnonymousDir,
         info: &ObjectInfo,
         cfg: &CacheInfo,
         evict: impl FnMut(u64) -> Result<usize>,

@@ -524,7 +524,7 @@ fn tree_content(data: &Path) -> BTreeMap<String, String> {
     out
 }
 
-fn describe_hit(hit: Option<LoadGuard<'_>>) -> String {
+fn describe_hit(hit: Option<LoadGuard>) -> String {
     match hit {
         None => "miss".into(),
         // Do not follow a link ourselves: the canary would see the read.
@@ -536,7 +536,7 @@ fn describe_hit(hit: Option<LoadGuard<'_>>) -> String {
 }
 
 fn store_new(cache: &FsCache, name: &str) -> fscache::Result<Commit> {
-    let e: StoreGuard<'_> = cache.store(name)?;
+    let e: StoreGuard = cache.store(name)?;
     std::fs::write(e.path().join("f"), name).expect("write payload");
     Ok(e.commit()?)
 }

@@ -387,7 +387,7 @@ fn the_handle_and_its_errors_can_cross_threads() {
     send_sync::<FsCache>();
     send_sync::<fscache::Error>();
     fn send<T: Send>() {}
-    send::<fscache::LoadGuard<'static>>();
-    send::<fscache::StoreGuard<'static>>();
-    send::<fscache::StageGuard<'static>>();
+    send::<fscache::LoadGuard>();
+    send::<fscache::StoreGuard>();
+    send::<fscache::StageGuard>();
 }

@@ -472,7 +472,7 @@ fn run(ops: &[Op]) -> Result<Model, TestCaseError> {
         .as_secs() as i64;
     let base = now - SPAN;
     let mut model = Model::new();
-    let mut held: BTreeMap<&'static str, Vec<fscache::LoadGuard<'_>>> = BTreeMap::new();
+    let mut held: BTreeMap<&'static str, Vec<fscache::LoadGuard>> = BTreeMap::new();
 
     for (i, op) in ops.iter().enumerate() {
         let step = format!("step {i} {op:?}");

@@ -46,11 +46,11 @@ use fscache::{
 };
 
 struct Worker {
-    cache: &'static FsCache,
+    cache: FsCache,
     root: PathBuf,
-    store: Option<StoreGuard<'static>>,
-    hits: Vec<LoadGuard<'static>>,
-    stages: Vec<StageGuard<'static>>,
+    store: Option<StoreGuard>,
+    hits: Vec<LoadGuard>,
+    stages: Vec<StageGuard>,
     sweeper: Option<SweepLoop>,
     nonce: u64,
     durability: Durability,
@@ -73,7 +73,7 @@ struct SweepTally {
 
 impl SweepLoop {
     /// Start sweeping `cache`; returns once the first sweep is done.
-    fn start(cache: &'static FsCache) -> Result<SweepLoop, String> {
+    fn start(cache: FsCache) -> Result<SweepLoop, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let (started, first) = mpsc::channel();
         let thread = std::thread::spawn({
@@ -248,7 +248,7 @@ impl Worker {
                     names: names.parse().unwrap_or(1),
                     max_payload: 16 * 1024,
                 };
-                let tally = workload.run(self.cache, ops.parse().unwrap_or(0), None)?;
+                let tally = workload.run(&self.cache, ops.parse().unwrap_or(0), None)?;
                 match tally.violations.first() {
                     Some(v) => format!("violation {v}"),
                     None => format!("ran {tally}"),
@@ -262,7 +262,7 @@ impl Worker {
             ["sweep-loop"] => match self.sweeper {
                 Some(_) => "error already sweeping".into(),
                 None => {
-                    self.sweeper = Some(SweepLoop::start(self.cache)?);
+                    self.sweeper = Some(SweepLoop::start(self.cache.clone())?);
                     "sweeping".into()
                 }
             },
@@ -297,7 +297,7 @@ fn main() {
         }
     };
     let mut worker = Worker {
-        cache: Box::leak(Box::new(cache)),
+        cache,
         root: PathBuf::from(&dir),
         store: None,
         hits: Vec::new(),

@@ -1,7 +1,6 @@
 //! `load(name)`: a shared lock on a committed entry for as long as it is used.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -19,17 +18,17 @@ use crate::FsCache;
 /// A committed entry, held with a shared lock: nobody can evict or remove it
 /// while the guard lives. Dropping the guard releases it.
 #[must_use = "the entry may be evicted as soon as the guard is dropped"]
-pub struct LoadGuard<'c> {
-    /// The handle's locks are not needed while the entry is held; the
-    /// borrow keeps the guard within the handle's life all the same.
-    cache: PhantomData<&'c FsCache>,
+pub struct LoadGuard {
+    /// Keeps the cache open (its shared `cache.lock`) while the entry is
+    /// held, even if every other handle is dropped.
+    _cache: FsCache,
     name: String,
     data: PathBuf,
     info: ObjectInfo,
     lock: FileLock,
 }
 
-impl fmt::Debug for LoadGuard<'_> {
+impl fmt::Debug for LoadGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadGuard")
             .field("name", &self.name)
@@ -66,7 +65,7 @@ impl FsCache {
     /// assert!(cache.load("never-stored")?.is_none());
     /// # Ok::<(), fscache::Error>(())
     /// ```
-    pub fn load(&self, name: &str) -> Result<Option<LoadGuard<'_>>> {
+    pub fn load(&self, name: &str) -> Result<Option<LoadGuard>> {
         validate_name(name)?;
         if !self.info().is_supported() {
             return Ok(self.missed());
@@ -90,7 +89,7 @@ impl FsCache {
         let Some(info) = committed(objects, name, lock.locked_stat())? else {
             return Ok(self.missed());
         };
-        if !self.earlier_boot.serves(Some(&info), self.boot_id()) {
+        if !self.earlier_boot().serves(Some(&info), self.boot_id()) {
             return Ok(self.missed());
         }
         let now = Timestamps {
@@ -111,7 +110,7 @@ impl FsCache {
         }
         self.live_counters().hits.fetch_add(1, Ordering::Relaxed);
         Ok(Some(LoadGuard {
-            cache: PhantomData,
+            _cache: self.clone(),
             name: name.to_owned(),
             data: objects.join(name).join(DATA),
             info,
@@ -127,7 +126,7 @@ impl FsCache {
     }
 }
 
-impl LoadGuard<'_> {
+impl LoadGuard {
     /// The entry's `data/` directory.
     pub fn path(&self) -> &Path {
         &self.data

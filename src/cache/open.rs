@@ -3,7 +3,7 @@
 
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use rustix::fs::{statat, AtFlags, FileType};
 use rustix::io::Errno;
@@ -17,7 +17,7 @@ use crate::lock::{LockKind, Wait};
 use crate::size::HealGate;
 use crate::FsCache;
 
-use super::{read_info, LiveCounters};
+use super::{read_info, Inner, LiveCounters};
 
 /// Options for opening a cache; [`FsCache::open`] is
 /// `OpenOptions::new().open(..)`.
@@ -170,10 +170,10 @@ impl OpenOptions {
         let boot_id = crate::bootid::current(app_id)?;
         let cache_lock = root.lock(layout::CACHE_LOCK, LockKind::Shared, self.wait)?;
         let info = read_info(&root)?;
-        Ok(FsCache {
+        Ok(FsCache::from(Inner {
             root,
-            objects,
-            stage,
+            objects: Arc::new(objects),
+            stage: Arc::new(stage),
             app_id: app_id.to_owned(),
             boot_id,
             info: RwLock::new(info),
@@ -182,7 +182,7 @@ impl OpenOptions {
             durability: self.durability,
             earlier_boot: self.earlier_boot,
             _cache_lock: cache_lock,
-        })
+        }))
     }
 }
 

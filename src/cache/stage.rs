@@ -15,12 +15,12 @@ use crate::FsCache;
 /// Dropping the guard removes it. Staging works on every cache, whatever
 /// its version.
 #[must_use = "the staging directory is removed as soon as the guard is dropped"]
-pub struct StageGuard<'c> {
-    entry: Option<AnonymousDir<'c>>,
+pub struct StageGuard {
+    entry: Option<AnonymousDir>,
     data: PathBuf,
 }
 
-impl fmt::Debug for StageGuard<'_> {
+impl fmt::Debug for StageGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StageGuard")
             .field("data", &self.data)
@@ -47,7 +47,7 @@ impl FsCache {
     /// assert!(!path.exists());
     /// # Ok::<(), fscache::Error>(())
     /// ```
-    pub fn stage(&self) -> Result<StageGuard<'_>> {
+    pub fn stage(&self) -> Result<StageGuard> {
         let entry = self.stage_dir().create_anonymous()?;
         let data = entry.path().join(DATA);
         if let Err(e) = mkdirat(entry.dir().as_fd(), DATA, Mode::from_raw_mode(0o777)) {
@@ -61,7 +61,7 @@ impl FsCache {
     }
 }
 
-impl StageGuard<'_> {
+impl StageGuard {
     /// The scratch directory.
     pub fn path(&self) -> &Path {
         &self.data
@@ -78,7 +78,7 @@ impl StageGuard<'_> {
     }
 }
 
-impl Drop for StageGuard<'_> {
+impl Drop for StageGuard {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
             let _ = entry.remove();

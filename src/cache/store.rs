@@ -70,16 +70,16 @@ impl fmt::Display for Commit {
 /// as it was before the commit, so the caller may retry or drop it.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
-pub struct CommitError<'c> {
+pub struct CommitError {
     /// What went wrong.
     #[source]
     pub error: Error,
     /// The entry, still uncommitted.
-    pub guard: Box<StoreGuard<'c>>,
+    pub guard: Box<StoreGuard>,
 }
 
-impl From<CommitError<'_>> for Error {
-    fn from(e: CommitError<'_>) -> Error {
+impl From<CommitError> for Error {
+    fn from(e: CommitError) -> Error {
         e.error
     }
 }
@@ -89,17 +89,17 @@ impl From<CommitError<'_>> for Error {
 /// Nobody else can see or lock it until [`StoreGuard::commit`]. Dropping the
 /// guard removes everything it created.
 #[must_use = "dropping the guard without `commit()` discards the entry"]
-pub struct StoreGuard<'c> {
-    cache: &'c FsCache,
+pub struct StoreGuard {
+    cache: FsCache,
     name: String,
-    entry: Option<AnonymousDir<'c>>,
+    entry: Option<AnonymousDir>,
     data: PathBuf,
     /// The cache's version is unsupported: this is a staging entry.
     degraded: bool,
     pub(crate) durability: Durability,
 }
 
-impl fmt::Debug for StoreGuard<'_> {
+impl fmt::Debug for StoreGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreGuard")
             .field("name", &self.name)
@@ -137,7 +137,7 @@ impl FsCache {
     /// assert_eq!(std::fs::read(hit.path().join("greeting")).unwrap(), b"hi");
     /// # Ok::<(), fscache::Error>(())
     /// ```
-    pub fn store(&self, name: &str) -> Result<StoreGuard<'_>> {
+    pub fn store(&self, name: &str) -> Result<StoreGuard> {
         validate_name(name)?;
         let degraded = !self.info().is_supported();
         let parent = if degraded {
@@ -153,17 +153,17 @@ impl FsCache {
         }
         crate::failpoint!("store-after-data");
         Ok(StoreGuard {
-            cache: self,
+            cache: self.clone(),
             name: name.to_owned(),
             entry: Some(entry),
             data,
             degraded,
-            durability: self.durability,
+            durability: self.durability(),
         })
     }
 }
 
-impl<'c> StoreGuard<'c> {
+impl StoreGuard {
     /// The `data/` directory to fill.
     pub fn path(&self) -> &Path {
         &self.data
@@ -189,7 +189,7 @@ impl<'c> StoreGuard<'c> {
     /// finds no room, or its name is taken) the entry is removed as a drop
     /// would remove it, and the outcome is returned even if the removal
     /// fails: what is left is an unlocked orphan for the sweep.
-    pub fn commit(mut self) -> Result<Commit, CommitError<'c>> {
+    pub fn commit(mut self) -> Result<Commit, CommitError> {
         match self.try_commit() {
             Ok(outcome) => Ok(outcome),
             Err(error) => Err(CommitError {
@@ -214,7 +214,7 @@ impl<'c> StoreGuard<'c> {
             self.discard();
             return Ok(Commit::Unsupported);
         }
-        let cache = self.cache;
+        let cache = &self.cache;
         let objects = cache.objects();
         // A guard that comes back in a CommitError still holds its entry;
         // only a commit that succeeded or settled an outcome lets go of it.
@@ -280,7 +280,7 @@ impl<'c> StoreGuard<'c> {
     }
 }
 
-impl Drop for StoreGuard<'_> {
+impl Drop for StoreGuard {
     fn drop(&mut self) {
         self.discard();
     }
