@@ -6,7 +6,7 @@ mod stage;
 mod store;
 
 pub use load::LoadGuard;
-pub use open::OpenOptions;
+pub use open::{OpenOptions, DEFAULT_MAXIMUM};
 pub use stage::StageGuard;
 pub use store::{Commit, CommitError, StoreGuard};
 

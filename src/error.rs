@@ -151,6 +151,11 @@ pub enum Error {
         /// What is missing.
         reason: &'static str,
     },
+    /// [`FsCache::open_default`](crate::FsCache::open_default) found no
+    /// place for caches: neither `$XDG_CACHE_HOME` nor `$HOME` is set to
+    /// an absolute path.
+    #[error("no cache directory: neither $XDG_CACHE_HOME nor $HOME is set to an absolute path")]
+    NoCacheHome,
     /// A file in the cache does not have the form the format requires (bad
     /// JSON, a symbolic link, a directory where a file belongs).
     #[error("`{}` is corrupt: {reason}", path.display())]
@@ -181,6 +186,8 @@ pub enum ErrorKind {
     Corrupt,
     /// [`Error::NotACache`].
     NotACache,
+    /// [`Error::NoCacheHome`].
+    NoCacheHome,
 }
 
 impl Error {
@@ -194,6 +201,7 @@ impl Error {
             Error::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::NotACache { .. } => ErrorKind::NotACache,
+            Error::NoCacheHome => ErrorKind::NoCacheHome,
         }
     }
 
@@ -207,7 +215,7 @@ impl Error {
             | Error::Corrupt { path, .. }
             | Error::NotACache { path, .. } => Some(path),
             Error::Rename { from, .. } => Some(from),
-            Error::InvalidName { .. } | Error::InvalidConfig { .. } => None,
+            Error::InvalidName { .. } | Error::InvalidConfig { .. } | Error::NoCacheHome => None,
         }
     }
 

@@ -181,9 +181,14 @@ impl CacheInfo {
         serde_json::to_vec(&Value::Object(map)).ok()
     }
 
-    /// The content of a new cache's `cache.info`.
-    pub(crate) fn initial() -> Vec<u8> {
-        format!("{{\"version\": {VERSION_CURRENT}}}").into_bytes()
+    /// The content of a new cache's `cache.info`: `{"version": 1}` and
+    /// whatever `self` sets (as an update would write it).
+    pub(crate) fn initial(&self) -> Vec<u8> {
+        let base = format!("{{\"version\": {VERSION_CURRENT}}}").into_bytes();
+        if *self == CacheInfo::default() {
+            return base;
+        }
+        self.merge_into(&base).unwrap_or(base)
     }
 }
 

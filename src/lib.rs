@@ -217,6 +217,7 @@ mod name;
 #[doc(hidden)]
 pub mod replay;
 mod size;
+#[cfg(feature = "stress")]
 pub mod stress;
 mod sync;
 mod tree;
@@ -224,6 +225,7 @@ mod tree;
 pub use bootid::app_boot_id;
 pub use cache::{
     Commit, CommitError, Counters, FsCache, LoadGuard, OpenOptions, StageGuard, StoreGuard,
+    DEFAULT_MAXIMUM,
 };
 pub use durability::{Durability, EarlierBoot};
 pub use error::{Error, ErrorKind, Op, Result};

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -79,7 +78,7 @@ mod command {
     use super::*;
 
     fn fscache(args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_fscache"))
+        std::process::Command::new(env!("CARGO_BIN_EXE_fscache"))
             .args(args)
             .output()
             .expect("run fscache")
@@ -123,4 +122,51 @@ mod command {
         assert!(out.status.success(), "{out:?}");
         Ok(())
     }
+}
+
+#[test]
+fn a_cache_created_with_a_maximum_is_usable_from_the_first_line_and_an_existing_one_keeps_its_own(
+) -> TestResult {
+    let t = tempfile::tempdir()?;
+    let path = t.path().join("new");
+    let cache = OpenOptions::new()
+        .maximum_size(MaxSize::Bytes(1 << 30))
+        .low_watermark_percent(50)
+        .open(APP, &path)?;
+    assert_eq!(cache.info().effective_maximum(), MaxSize::Bytes(1 << 30));
+    assert_eq!(cache.info().low_watermark_percent, Some(50));
+    let entry = cache.store("first")?;
+    assert!(entry.commit()?.is_stored(), "the first store is kept");
+    drop(cache);
+    // Opening again with other creation values changes nothing.
+    let again = OpenOptions::new()
+        .maximum_size(MaxSize::Unlimited)
+        .open(APP, &path)?;
+    assert_eq!(again.info().effective_maximum(), MaxSize::Bytes(1 << 30));
+    // A watermark out of range is refused before anything is created.
+    let e = OpenOptions::new()
+        .low_watermark_percent(0)
+        .open(APP, t.path().join("never"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert!(!t.path().join("never").exists());
+    Ok(())
+}
+
+#[test]
+fn too_large_for_a_maximum_of_zero_says_how_to_fix_it() -> TestResult {
+    let t = tempfile::tempdir()?;
+    let cache = FsCache::open(APP, t.path())?;
+    let entry = cache.store("first")?;
+    let outcome = entry.commit()?;
+    assert!(
+        matches!(outcome, fscache::Commit::TooLarge { .. }),
+        "{outcome:?}"
+    );
+    let said = outcome.to_string();
+    assert!(
+        said.contains("maximum size is 0") && said.contains("set a maximum"),
+        "{said}"
+    );
+    Ok(())
 }

@@ -11,13 +11,51 @@ use rustix::io::Errno;
 use crate::atomic::{Dir, Replace};
 use crate::durability::{Durability, EarlierBoot};
 use crate::error::{Error, IoContext, Op, Result};
-use crate::info::CacheInfo;
+use crate::info::{CacheInfo, MaxSize};
 use crate::layout;
 use crate::lock::{LockKind, Wait};
 use crate::size::HealGate;
 use crate::FsCache;
 
 use super::{read_info, Inner, LiveCounters};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |var| {
+            vars.iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn the_default_directory_follows_xdg_and_says_what_is_missing() {
+        let dir = |vars| default_dir("tool", env(vars));
+        assert_eq!(
+            dir(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]).unwrap(),
+            PathBuf::from("/x/tool")
+        );
+        assert_eq!(
+            dir(&[("HOME", "/h")]).unwrap(),
+            PathBuf::from("/h/.cache/tool")
+        );
+        // A relative XDG_CACHE_HOME is ignored, as the specification says.
+        assert_eq!(
+            dir(&[("XDG_CACHE_HOME", "rel"), ("HOME", "/h")]).unwrap(),
+            PathBuf::from("/h/.cache/tool")
+        );
+        let e = dir(&[("HOME", "")]).unwrap_err();
+        assert!(matches!(e, Error::NoCacheHome), "{e:?}");
+        assert!(e.to_string().contains("XDG_CACHE_HOME") && e.to_string().contains("HOME"));
+        let e = default_dir("../etc", env(&[("HOME", "/h")])).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidName);
+    }
+}
 
 /// Options for opening a cache; [`FsCache::open`] is
 /// `OpenOptions::new().open(..)`.
@@ -43,6 +81,8 @@ use super::{read_info, Inner, LiveCounters};
 #[derive(Clone, Debug)]
 pub struct OpenOptions {
     create: bool,
+    /// What a cache this open creates starts with.
+    initial: CacheInfo,
     wait: Wait,
     durability: Durability,
     earlier_boot: EarlierBoot,
@@ -61,6 +101,7 @@ impl OpenOptions {
     pub fn new() -> OpenOptions {
         OpenOptions {
             create: true,
+            initial: CacheInfo::default(),
             wait: Wait::Forever,
             durability: Durability::None,
             earlier_boot: EarlierBoot::Serve,
@@ -72,6 +113,35 @@ impl OpenOptions {
     /// [`Error::NotACache`] and nothing is written to it.
     pub fn create(&mut self, create: bool) -> &mut OpenOptions {
         self.create = create;
+        self
+    }
+
+    /// The maximum size of a cache this open creates (written into its
+    /// new `cache.info`; an existing cache keeps its own). Without it a new
+    /// cache has osbuild's default, a maximum of 0: a staging area that
+    /// stores nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fscache::{MaxSize, OpenOptions};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cache = OpenOptions::new()
+    ///     .maximum_size(MaxSize::Bytes(10 << 30))
+    ///     .open("my-tool", dir.path())?;
+    /// let entry = cache.store("first")?;
+    /// assert!(entry.commit()?.is_stored(), "usable from the first line");
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
+    pub fn maximum_size(&mut self, max: MaxSize) -> &mut OpenOptions {
+        self.initial.maximum_size = Some(max);
+        self
+    }
+
+    /// The low watermark (1 to 100 percent of the maximum) of a cache this
+    /// open creates; an existing cache keeps its own.
+    pub fn low_watermark_percent(&mut self, percent: u8) -> &mut OpenOptions {
+        self.initial.low_watermark_percent = Some(percent);
         self
     }
 
@@ -132,7 +202,8 @@ impl OpenOptions {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for an empty `app_id`;
+    /// [`Error::InvalidConfig`] for an empty `app_id` or a low watermark
+    /// outside 1..=100;
     /// [`Error::NotACache`] without [`OpenOptions::create`] for a missing
     /// directory or one without `cache.info`; [`Error::WouldBlock`] or
     /// [`Error::TimedOut`] per [`OpenOptions::wait`]; [`Error::Io`] if the
@@ -146,6 +217,7 @@ impl OpenOptions {
                 reason: "an application id that is not empty (it keys the boot id)",
             });
         }
+        self.initial.validate()?;
         let path = path.as_ref();
         if self.create {
             std::fs::create_dir_all(path).at(Op::CreateDir, || path.to_owned())?;
@@ -165,7 +237,7 @@ impl OpenOptions {
                 reason: "it has no cache.info",
             });
         }
-        let objects = scaffold(&root)?;
+        let objects = scaffold(&root, &self.initial)?;
         let stage = root.open_dir(layout::STAGE)?;
         let boot_id = crate::bootid::current(app_id)?;
         let cache_lock = root.lock(layout::CACHE_LOCK, LockKind::Shared, self.wait)?;
@@ -186,6 +258,74 @@ impl OpenOptions {
     }
 }
 
+/// The maximum of a cache [`FsCache::open_default`] creates: ccache's
+/// default, room for a build tool's working set that does not surprise on
+/// a laptop.
+pub const DEFAULT_MAXIMUM: MaxSize = MaxSize::Bytes(5 << 30);
+
+impl OpenOptions {
+    /// Open the cache of the application `app_id` where the user's caches
+    /// live: `$XDG_CACHE_HOME/<app_id>`, else `$HOME/.cache/<app_id>` (the
+    /// XDG base directories; a relative value is ignored, as the
+    /// specification asks). A cache it creates gets the maximum set by
+    /// [`OpenOptions::maximum_size`], or [`DEFAULT_MAXIMUM`]: a cache in a
+    /// user's home that stores nothing would only surprise, one without a
+    /// limit could fill the disk.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoCacheHome`] if neither variable holds an absolute path;
+    /// [`Error::InvalidName`] if `app_id` cannot be a directory name; as
+    /// [`OpenOptions::open`] otherwise.
+    pub fn open_default(&self, app_id: &str) -> Result<FsCache> {
+        let dir = default_dir(app_id, |var| std::env::var_os(var))?;
+        let mut options = self.clone();
+        if options.initial.maximum_size.is_none() {
+            options.initial.maximum_size = Some(DEFAULT_MAXIMUM);
+        }
+        options.open(app_id, dir)
+    }
+}
+
+impl FsCache {
+    /// `OpenOptions::new().open_default(app_id)`: the application's cache
+    /// in the user's cache directory, created with [`DEFAULT_MAXIMUM`] if
+    /// it does not exist yet.
+    ///
+    /// # Errors
+    ///
+    /// As [`OpenOptions::open_default`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let cache = fscache::FsCache::open_default("my-build-tool")?;
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
+    pub fn open_default(app_id: &str) -> Result<FsCache> {
+        OpenOptions::new().open_default(app_id)
+    }
+}
+
+/// Where the cache of `app_id` lives, by the XDG rules, with `env` to look
+/// up variables.
+fn default_dir(
+    app_id: &str,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<std::path::PathBuf> {
+    crate::name::validate_name(app_id)?;
+    let absolute = |var| {
+        env(var)
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let base = match absolute("XDG_CACHE_HOME") {
+        Some(dir) => dir,
+        None => absolute("HOME").ok_or(Error::NoCacheHome)?.join(".cache"),
+    };
+    Ok(base.join(app_id))
+}
+
 /// Whether `root` holds a regular file `name` (not following a link).
 fn has_file(root: &Dir, name: &str) -> Result<bool> {
     match statat(root.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -197,11 +337,11 @@ fn has_file(root: &Dir, name: &str) -> Result<bool> {
 
 /// Create what the layout needs and is missing, tolerating racing
 /// creators; returns `objects/`.
-fn scaffold(root: &Dir) -> Result<Dir> {
+fn scaffold(root: &Dir, initial: &CacheInfo) -> Result<Dir> {
     root.create_dir(layout::OBJECTS)?;
     root.create_dir(layout::STAGE)?;
     let objects = root.open_dir(layout::OBJECTS)?;
-    let initial_info = CacheInfo::initial();
+    let initial_info = initial.initial();
     for (name, content) in [
         (layout::CACHE_TAG, layout::CACHE_TAG_CONTENT),
         (layout::CACHE_INFO, initial_info.as_slice()),

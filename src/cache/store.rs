@@ -57,9 +57,18 @@ impl fmt::Display for Commit {
         match self {
             Commit::Stored { size } => write!(f, "stored ({size} bytes)"),
             Commit::NameTaken => f.write_str("name already taken"),
-            Commit::TooLarge { size, max } => {
-                write!(f, "too large ({size} bytes, maximum {max:?})")
-            }
+            Commit::TooLarge {
+                max: MaxSize::Bytes(0),
+                ..
+            } => f.write_str(
+                "the cache's maximum size is 0: it holds no entries; set a maximum \
+                 (FsCache::set_maximum_size, OpenOptions::maximum_size, or `fscache init --max-size`)",
+            ),
+            Commit::TooLarge {
+                size,
+                max: MaxSize::Bytes(max),
+            } => write!(f, "too large ({size} bytes, the maximum is {max})"),
+            Commit::TooLarge { size, .. } => write!(f, "too large ({size} bytes)"),
             Commit::NoRoom { size } => write!(f, "no room ({size} bytes)"),
             Commit::Unsupported => f.write_str("cache version unsupported"),
         }

@@ -44,7 +44,12 @@ impl Worker {
     /// The command that starts a worker on `dir`, to adjust (a user id, a
     /// wrapper) before [`Worker::from_command`].
     pub fn command(dir: &Path) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fscache-worker"));
+        // Built only with the `testing` feature (the README's test command
+        // turns every feature on).
+        let Some(worker) = option_env!("CARGO_BIN_EXE_fscache-worker") else {
+            panic!("the process tests need the fscache-worker binary: run them with --all-features (or --features testing)")
+        };
+        let mut cmd = Command::new(worker);
         cmd.arg(dir);
         cmd
     }
