@@ -93,19 +93,6 @@ impl Dir {
     /// # Errors
     ///
     /// [`Error::Io`] if it cannot be opened or is not a directory.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use fscache::atomic::{Dir, Replace, Written};
-    /// let t = tempfile::tempdir().unwrap();
-    /// let dir = Dir::open(t.path())?;
-    /// assert_eq!(dir.write_file("a", b"1", Replace::No, &dir)?, Written::Created);
-    /// assert_eq!(dir.write_file("a", b"2", Replace::No, &dir)?, Written::Exists);
-    /// dir.write_file("a", b"3", Replace::Yes, &dir)?;
-    /// assert_eq!(std::fs::read(t.path().join("a"))?, b"3");
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Dir> {
         let path = path.as_ref();
         let fd = openat(
@@ -311,22 +298,6 @@ impl Dir {
     /// # Errors
     ///
     /// [`Error::Io`] naming the step that failed.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use fscache::atomic::Dir;
-    /// let t = tempfile::tempdir().unwrap();
-    /// // The entry keeps its directory: it may outlive this scope.
-    /// let store = Arc::new(Dir::open(t.path())?);
-    /// let entry = store.create_anonymous()?;
-    /// assert!(entry.name().starts_with("uuid-"));
-    /// assert!(t.path().join(entry.name()).join("object.lock").exists());
-    /// entry.remove()?;
-    /// assert_eq!(std::fs::read_dir(t.path())?.count(), 0);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub fn create_anonymous(self: &Arc<Self>) -> Result<AnonymousDir> {
         loop {
             let name = anonymous_name();
@@ -563,11 +534,6 @@ impl AnonymousDir {
     /// The directory itself.
     pub fn dir(&self) -> &Dir {
         &self.dir
-    }
-
-    /// The directory it lives in.
-    pub fn parent(&self) -> &Dir {
-        &self.parent
     }
 
     /// Its path.

@@ -200,7 +200,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod atomic;
+mod atomic;
 mod beneath;
 mod bootid;
 mod cache;
