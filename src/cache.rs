@@ -1,11 +1,13 @@
 //! `FsCache`: one open cache directory, shared by every thread of a process.
 
 mod load;
+mod namespace;
 mod open;
 mod stage;
 mod store;
 
 pub use load::LoadGuard;
+pub(crate) use namespace::namespace_dirs;
 pub use open::{OpenOptions, DEFAULT_MAXIMUM};
 pub use stage::StageGuard;
 pub use store::{Commit, CommitError, StoreGuard};
@@ -76,6 +78,8 @@ pub(crate) struct Inner {
     _cache_lock: FileLock,
     pub(crate) durability: Durability,
     pub(crate) earlier_boot: EarlierBoot,
+    /// For a namespace: the cache whose budget it shares.
+    parent: Option<FsCache>,
 }
 
 /// What one handle has done since it was opened, from [`FsCache::counters`].
@@ -301,6 +305,7 @@ impl FsCache {
             objects: &self.inner.objects,
             gate: &self.inner.heal_gate,
             heals: &self.inner.counters.heals,
+            up: self.inner.parent.as_ref(),
         }
     }
 

@@ -55,7 +55,10 @@
 //!
 //! Order: an entry lock may be held while entering the size section, never
 //! the other way round with waiting, and entry locks are only ever taken
-//! without waiting, so no two holders can wait on each other.
+//! without waiting, so no two holders can wait on each other. A namespace
+//! ([`FsCache::namespace`]) accounts every size in its parent too: it
+//! enters its own size section, then the parent's, never the other way
+//! round (a parent never enters a namespace's section).
 //!
 //! Opening a lock uses the *safe-open loop*: open, lock, then compare the
 //! descriptor with the path (device and inode); if the file was replaced or

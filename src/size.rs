@@ -152,6 +152,30 @@ pub(crate) fn read_unlocked(root: &Dir) -> Result<Option<u64>> {
     }
 }
 
+/// Give `size` back in a parent's section, if there is one.
+pub(crate) fn give_back_in(up: Option<&mut SizeLock<'_>>, size: u64) -> Result<()> {
+    if let Some(up) = up {
+        let current = up.value()?;
+        up.set(current.saturating_sub(size))?;
+    }
+    Ok(())
+}
+
+/// The sum of the `object.info` sizes of the entries in `objects`.
+fn sum_infos(objects: &Dir) -> Result<u64> {
+    let mut total = 0u64;
+    for (name, kind) in crate::tree::list(objects)? {
+        if kind != FileType::Directory {
+            continue;
+        }
+        let rel = in_entry(&name, OBJECT_INFO);
+        if let Some(info) = read_info(objects.as_fd(), &rel, &objects.join(&rel))? {
+            total = total.saturating_add(info.size);
+        }
+    }
+    Ok(total)
+}
+
 /// When this handle last healed for want of room.
 #[derive(Debug, Default)]
 pub(crate) struct HealGate(Mutex<Option<Instant>>);
@@ -179,6 +203,10 @@ pub(crate) struct Accounting<'c> {
     pub(crate) objects: &'c Dir,
     pub(crate) gate: &'c HealGate,
     pub(crate) heals: &'c std::sync::atomic::AtomicU64,
+    /// A namespace's parent: every size it accounts, the parent accounts
+    /// too, in its own section, entered after ours (never the other way
+    /// round).
+    pub(crate) up: Option<&'c crate::FsCache>,
 }
 
 impl<'c> Accounting<'c> {
@@ -227,18 +255,37 @@ impl<'c> Accounting<'c> {
         Ok((before, after))
     }
 
+    /// The sum of every `object.info` in `objects/`, and in the `objects/`
+    /// of every namespace (whose sizes this cache accounts too).
     fn recount(&self) -> Result<u64> {
-        let mut total = 0u64;
-        for (name, kind) in crate::tree::list(self.objects)? {
-            if kind != FileType::Directory {
-                continue;
-            }
-            let rel = in_entry(&name, OBJECT_INFO);
-            if let Some(info) = read_info(self.objects.as_fd(), &rel, &self.objects.join(&rel))? {
-                total = total.saturating_add(info.size);
-            }
+        let mut total = sum_infos(self.objects)?;
+        for ns in crate::cache::namespace_dirs(self.root)? {
+            total = total.saturating_add(sum_infos(&ns.open_dir(crate::layout::OBJECTS)?)?);
         }
         Ok(total)
+    }
+
+    /// In a namespace, account `size` more in the parent: its section with
+    /// room for it (evicting the parent's own entries if needed). `None`
+    /// if the parent has no room; `Some(None)` outside a namespace.
+    #[allow(clippy::type_complexity)]
+    fn reserve_up(&self, size: u64) -> Result<Option<Option<SizeLock<'c>>>> {
+        let Some(parent) = self.up else {
+            return Ok(Some(None));
+        };
+        let cfg = parent.info();
+        let evict = |want| parent.evict_lru(want);
+        Ok(parent.accounting().make_room(size, &cfg, evict)?.map(Some))
+    }
+
+    /// In a namespace, the parent's section, entered while ours is held
+    /// (so that a recount of the parent never sees an `object.info` of
+    /// ours gone while its size is still counted there); `None` outside
+    /// a namespace.
+    pub(crate) fn up_section(&self) -> Result<Option<SizeLock<'c>>> {
+        self.up
+            .map(|parent| parent.accounting().section())
+            .transpose()
     }
 
     /// Put a fresh, locked `cache.size` where there is none, or where
@@ -362,9 +409,28 @@ impl<'c> Accounting<'c> {
         cfg: &CacheInfo,
         evict: impl FnMut(u64) -> Result<usize>,
     ) -> Result<bool> {
-        let Some(mut section) = self.make_room(info.size, cfg, evict)? else {
-            return Ok(false);
+        let mut evict = evict;
+        let mut rounds = 0;
+        let (mut section, mut up) = loop {
+            let Some(section) = self.make_room(info.size, cfg, &mut evict)? else {
+                return Ok(false);
+            };
+            if let Some(up) = self.reserve_up(info.size)? {
+                break (section, up);
+            }
+            // The parent has no room: what this namespace evicts of its
+            // own is given back there too.
+            drop(section);
+            rounds += 1;
+            if rounds > EVICTION_ROUNDS || evict(info.size)? == 0 {
+                return Ok(false);
+            }
         };
+        let mut above = 0;
+        if let Some(up) = up.as_mut() {
+            above = up.value()?;
+            up.set(above.saturating_add(info.size))?;
+        }
         let current = section.value()?;
         section.set(current.saturating_add(info.size))?;
         let path = entry.path().join(OBJECT_INFO);
@@ -379,6 +445,9 @@ impl<'c> Accounting<'c> {
         if let Err(e) = written {
             let _ = unlinkat(entry.dir().as_fd(), OBJECT_INFO, AtFlags::empty());
             section.set(current)?;
+            if let Some(up) = up.as_mut() {
+                up.set(above)?;
+            }
             return Err(e);
         }
         Ok(true)
@@ -390,11 +459,13 @@ impl<'c> Accounting<'c> {
     pub(crate) fn give_back(&self, dir: &Dir, size: u64) -> Result<u64> {
         let mut section = self.section()?;
         let current = section.value()?;
+        let mut up = self.up_section()?;
         if !unlink_info(dir)? {
             return Ok(0);
         }
         crate::failpoint!("give-back-after-info-unlink");
         section.set(current.saturating_sub(size))?;
+        give_back_in(up.as_mut(), size)?;
         Ok(size)
     }
 }

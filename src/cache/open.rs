@@ -231,9 +231,20 @@ impl OpenOptions {
             }
             other => other?,
         };
+        self.open_root(app_id, root, None)
+    }
+
+    /// Open the cache whose root directory is `root`; `parent` for a
+    /// namespace, whose sizes its parent accounts too.
+    pub(crate) fn open_root(
+        &self,
+        app_id: &str,
+        root: Dir,
+        parent: Option<FsCache>,
+    ) -> Result<FsCache> {
         if !self.create && !has_file(&root, layout::CACHE_INFO)? {
             return Err(Error::NotACache {
-                path: path.to_owned(),
+                path: root.path().to_owned(),
                 reason: "it has no cache.info",
             });
         }
@@ -253,6 +264,7 @@ impl OpenOptions {
             counters: LiveCounters::default(),
             durability: self.durability,
             earlier_boot: self.earlier_boot,
+            parent,
             _cache_lock: cache_lock,
         }))
     }

@@ -13,6 +13,7 @@ use crate::layout::{
 use crate::lock::{FileLock, LockKind, Wait};
 use crate::maint::scan::{scan, Kind};
 use crate::maint::Unremovable;
+use crate::size::give_back_in;
 use crate::FsCache;
 
 /// How many entries one size critical section gives back at once: enough
@@ -173,6 +174,7 @@ impl FsCache {
         let mut size_lock = self.accounting().section()?;
         // A corrupt cache.size fails here, before any entry is touched.
         let current = size_lock.value()?;
+        let mut up = self.accounting().up_section()?;
         let mut given_back = 0u64;
         let mut invalidated = Vec::with_capacity(victims.len());
         let mut denied = Vec::new();
@@ -189,6 +191,7 @@ impl FsCache {
                 Err(e) => {
                     // Give back what is already gone before failing.
                     size_lock.set(current.saturating_sub(given_back))?;
+                    give_back_in(up.as_mut(), given_back)?;
                     return Err(e);
                 }
             }
@@ -196,7 +199,8 @@ impl FsCache {
         }
         crate::failpoint!("evict-after-info");
         size_lock.set(current.saturating_sub(given_back))?;
-        drop(size_lock);
+        give_back_in(up.as_mut(), given_back)?;
+        drop((up, size_lock));
         let mut removed = Vec::with_capacity(invalidated.len() + denied.len());
         removed.extend(denied.into_iter().map(|v| Gone {
             name: v.name,
