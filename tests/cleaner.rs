@@ -9,7 +9,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 
-use common::{names, new_cache, size_file, TestResult, Worker};
+use common::{counters, names, new_cache, size_file, TestResult, Worker};
 use fscache::replay::{Replayer, Store, Tally};
 use fscache::{FsCache, MaxSize};
 
@@ -52,18 +52,7 @@ fn assert_clean_after_a_final_sweep(root: &std::path::Path) -> TestResult {
 /// The three counters of a `replayed ITER RETRIES ERRORS[; ...]` line.
 #[track_caller]
 fn parse_replayed(line: &str) -> Tally {
-    let counters = line
-        .strip_prefix("replayed ")
-        .and_then(|rest| rest.split(';').next())
-        .unwrap_or_else(|| panic!("not a replayed line: {line:?}"));
-    let n: Vec<u64> = counters
-        .split_whitespace()
-        .map(|w| {
-            w.parse()
-                .unwrap_or_else(|_| panic!("bad counter in {line:?}"))
-        })
-        .collect();
-    assert_eq!(n.len(), 3, "three counters in {line:?}");
+    let n = counters(line, "replayed", 3);
     Tally {
         iterations: n[0],
         retries: n[1],
@@ -75,18 +64,7 @@ fn parse_replayed(line: &str) -> Tally {
 /// `(loops, errors)` of a `swept-loops N ERRORS[; ...]` line.
 #[track_caller]
 fn parse_swept(line: &str) -> (u64, u64) {
-    let counters = line
-        .strip_prefix("swept-loops ")
-        .and_then(|rest| rest.split(';').next())
-        .unwrap_or_else(|| panic!("not a swept-loops line: {line:?}"));
-    let n: Vec<u64> = counters
-        .split_whitespace()
-        .map(|w| {
-            w.parse()
-                .unwrap_or_else(|_| panic!("bad counter in {line:?}"))
-        })
-        .collect();
-    assert_eq!(n.len(), 2, "two counters in {line:?}");
+    let n = counters(line, "swept-loops", 2);
     (n[0], n[1])
 }
 

@@ -499,18 +499,6 @@ fn a_cache_on_a_read_only_file_system_serves_hits_and_refuses_writes_with_erofs(
 
 const NOBODY: u32 = 65534;
 
-/// Where to make a cache that another user can reach: the usual temporary
-/// directory is private to its creator.
-fn cache_path_others_can_reach(prefix: &str) -> (tempfile::TempDir, PathBuf) {
-    let t = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let root = t.path().join("cache");
-    (t, root)
-}
-
 #[test]
 fn an_unprivileged_user_of_a_root_owned_cache_reads_hits_and_gets_errors_naming_paths() {
     if !is_root() {

@@ -57,12 +57,7 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
 /// that everything made below it is of `GROUP`), in a directory anyone may
 /// search (the usual temporary directory is private to its creator).
 fn shared_root(prefix: &str) -> (tempfile::TempDir, PathBuf) {
-    let t = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let root = t.path().join("cache");
+    let (t, root) = cache_path_others_can_reach(prefix);
     std::fs::create_dir(&root).expect("mkdir the cache root");
     std::os::unix::fs::chown(&root, Some(0), Some(GROUP)).expect("chown the cache root");
     // After the chown, which may clear the setgid bit.

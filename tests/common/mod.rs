@@ -256,3 +256,35 @@ pub fn new_cache(max: fscache::MaxSize) -> (tempfile::TempDir, PathBuf) {
     c.set_maximum_size(max).expect("set maximum");
     (t, path)
 }
+
+/// A temporary directory another user can reach (the usual one is private
+/// to its creator), and the cache path in it.
+pub fn cache_path_others_can_reach(prefix: &str) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let root = t.path().join("cache");
+    (t, root)
+}
+
+/// The `n` numbers after `word` in a worker's reply `word N1 N2 ...[; ...]`.
+#[track_caller]
+pub fn counters(line: &str, word: &str, n: usize) -> Vec<u64> {
+    let counters = line
+        .strip_prefix(word)
+        .and_then(|rest| rest.strip_prefix(' '))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("not a {word:?} line: {line:?}"));
+    let got: Vec<u64> = counters
+        .split_whitespace()
+        .map(|w| {
+            w.parse()
+                .unwrap_or_else(|_| panic!("bad counter in {line:?}"))
+        })
+        .collect();
+    assert_eq!(got.len(), n, "{n} counters in {line:?}");
+    got
+}
