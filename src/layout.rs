@@ -19,15 +19,19 @@ pub(crate) const CACHE_SIZE: &str = "cache.size";
 pub(crate) const CACHE_TAG: &str = "CACHEDIR.TAG";
 pub(crate) const OBJECTS: &str = "objects";
 pub(crate) const STAGE: &str = "stage";
+/// Our extension (a version-1 reader ignores it): one lock file per name
+/// being built by `get_or_build`, named as the entry.
+pub(crate) const BUILDS: &str = "builds";
 /// The lock file of an entry directory; its atime is the entry's last use.
 pub(crate) const LOCK_FILE: &str = "object.lock";
 pub(crate) const OBJECT_INFO: &str = "object.info";
 pub(crate) const DATA: &str = "data";
 
-/// Every name the cache root holds (FORMAT.md's layout); anything else
+/// Every name the cache root holds (FORMAT.md's layout, and `builds/`, the
+/// extension in which `get_or_build` keeps its locks); anything else
 /// there is not ours.
-pub const ROOT_LAYOUT: [&str; 6] = [
-    CACHE_TAG, CACHE_INFO, CACHE_LOCK, CACHE_SIZE, OBJECTS, STAGE,
+pub const ROOT_LAYOUT: [&str; 7] = [
+    CACHE_TAG, CACHE_INFO, CACHE_LOCK, CACHE_SIZE, OBJECTS, STAGE, BUILDS,
 ];
 
 pub(crate) const CACHE_TAG_CONTENT: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n\
