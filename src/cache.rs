@@ -1,10 +1,12 @@
 //! `FsCache`: one open cache directory, shared by every thread of a process.
 
+mod build;
 mod load;
 mod open;
 mod stage;
 mod store;
 
+pub use build::{BuildOptions, Built, GiveUp};
 pub use load::LoadGuard;
 pub use open::OpenOptions;
 pub use stage::StageGuard;
