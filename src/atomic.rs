@@ -546,6 +546,12 @@ impl AnonymousDir {
         &self.lock
     }
 
+    /// Let go of the directory and keep its lock: for an entry that has
+    /// been renamed into place, whose lock its committer goes on holding.
+    pub(crate) fn into_lock(self) -> FileLock {
+        self.lock
+    }
+
     /// Remove it with the removal protocol: `object.info` first, then all
     /// but the lock, then the lock, then the directory; the lock is released
     /// last.

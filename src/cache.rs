@@ -1,11 +1,13 @@
 //! `FsCache`: one open cache directory, shared by every thread of a process.
 
+mod build;
 mod load;
 mod namespace;
 mod open;
 mod stage;
 mod store;
 
+pub use build::{BuildOptions, Built, GiveUp};
 pub use load::LoadGuard;
 pub(crate) use namespace::namespace_dirs;
 pub use open::{OpenOptions, DEFAULT_MAXIMUM};

@@ -52,13 +52,29 @@
 //!   The new value is written to a locked temporary that is renamed over
 //!   the file; we keep that lock, so the section survives the replacement.
 //! * `cache.info`: its exclusive lock orders configuration updates.
+//! * `builds/<name>` (our extension; version-1 readers ignore `builds/`):
+//!   the *build lock* of a name, held exclusively by the one asker of
+//!   [`FsCache::get_or_build`] that builds it while the others wait for
+//!   it. Created atomically when missing; removed only by a holder of its
+//!   exclusive lock (the builder when done, or the sweep for one a killed
+//!   builder left), so a waiter that opened a removed file sees so in the
+//!   safe-open loop and meets the others at the new one.
 //!
-//! Order: an entry lock may be held while entering the size section, never
-//! the other way round with waiting, and entry locks are only ever taken
-//! without waiting, so no two holders can wait on each other. A namespace
-//! ([`FsCache::namespace`]) accounts every size in its parent too: it
-//! enters its own size section, then the parent's, never the other way
-//! round (a parent never enters a namespace's section).
+//! Order: the build lock comes first. [`FsCache::get_or_build`] takes it,
+//! waiting, before any entry lock or the size section, and never waits
+//! for it while holding an entry lock, a stage or the size lock; the
+//! builder then takes entry locks and enters the size section as any
+//! store does. An entry lock may be held while entering the size section,
+//! never the other way round with waiting, and entry locks are only ever
+//! taken without waiting, so no two holders can wait on each other. A
+//! build that asks for another entry (a dependency) waits for that
+//! entry's build lock while holding its own unfinished entry, which is
+//! safe because nobody waits for an entry lock; the one cycle left is the
+//! caller's to avoid: a build that waits for the build of its own name,
+//! directly or through the builds it asks for.
+//! A namespace ([`FsCache::namespace`]) accounts every size in its parent
+//! too: it enters its own size section, then the parent's, never the other
+//! way round (a parent never enters a namespace's section).
 //!
 //! Opening a lock uses the *safe-open loop*: open, lock, then compare the
 //! descriptor with the path (device and inode); if the file was replaced or
@@ -192,6 +208,10 @@
 //! files `0644`), so to any other user it is one to skip; and when osbuild
 //! rewrites `cache.size`, the new file is writable by its owner only.
 //!
+//! A build lock is locked exclusively, so it needs the same write access:
+//! where another user's `builds/<name>` keeps us out, [`FsCache::get_or_build`]
+//! builds without waiting for theirs, and the first commit wins.
+//!
 //! A load records the entry's last use only when its owner loads it
 //! (setting the access time alone is the owner's right), so in a shared
 //! cache the eviction order follows the owners' uses.
@@ -227,8 +247,8 @@ mod tree;
 
 pub use bootid::app_boot_id;
 pub use cache::{
-    Commit, CommitError, Counters, FsCache, LoadGuard, OpenOptions, StageGuard, StoreGuard,
-    DEFAULT_MAXIMUM,
+    BuildOptions, Built, Commit, CommitError, Counters, FsCache, GiveUp, LoadGuard, OpenOptions,
+    StageGuard, StoreGuard, DEFAULT_MAXIMUM,
 };
 pub use durability::{Durability, EarlierBoot};
 pub use error::{Error, ErrorKind, Op, Result};

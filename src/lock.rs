@@ -61,6 +61,24 @@ pub enum Wait {
     Timeout(Duration),
 }
 
+impl Wait {
+    /// What is left of this wait, begun at `start`.
+    pub(crate) fn left_since(self, start: Instant) -> Wait {
+        match self {
+            Wait::Timeout(limit) => Wait::Timeout(limit.saturating_sub(start.elapsed())),
+            other => other,
+        }
+    }
+
+    /// The time limit, for [`Wait::Timeout`].
+    fn limit(self) -> Option<Duration> {
+        match self {
+            Wait::Timeout(limit) => Some(limit),
+            _ => None,
+        }
+    }
+}
+
 /// A whole-file lock on a descriptor that this guard owns.
 ///
 /// Dropping the guard releases the lock and closes the descriptor.
@@ -278,11 +296,20 @@ impl FileLock {
         extra: OFlags,
         path: impl Fn() -> PathBuf,
     ) -> Result<Self> {
+        let start = Instant::now();
         loop {
             let fd =
                 open_beneath(dir, rel, kind.access() | extra, Mode::empty()).at(Op::Open, &path)?;
             let display = path();
-            set(fd.as_fd(), kind, wait, &display)?;
+            // A replacement starts no new wait: a timeout bounds the whole
+            // loop, and reports the whole of it.
+            set(fd.as_fd(), kind, wait.left_since(start), &display).map_err(|e| match e {
+                Error::TimedOut { path, .. } => Error::TimedOut {
+                    path,
+                    after: wait.limit().unwrap_or_default(),
+                },
+                e => e,
+            })?;
             if let Some(st) = still_at(fd.as_fd(), dir, rel, &display)? {
                 return Ok(FileLock {
                     fd,

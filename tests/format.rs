@@ -82,6 +82,7 @@ fn a_cache_we_create_has_the_layout_and_json_of_the_format() -> TestResult {
         names(&root),
         [
             "CACHEDIR.TAG",
+            "builds",
             "cache.info",
             "cache.lock",
             "cache.size",

@@ -27,6 +27,14 @@
 //! sweep-loop         -> sweeping            (a thread sweeps orphans in a
 //!                       loop; answered once its first sweep is done)
 //! sweep-stop         -> swept-loops N ERRORS [; FIRST ERROR]
+//! build NAME BYTES COUNTER [gate=PATH] [then=ok|fail] [wait=forever|never|MS]
+//!       [give-up=build|fail]
+//!                    -> [building]  built SIZE | hit SIZE | torn REASON
+//!                       | uncached OUTCOME | failed WHY | contended
+//!                       (get_or_build; its build appends our pid to
+//!                       COUNTER, says `building`, waits for a shared lock
+//!                       on PATH if given, then writes BYTES of payload or
+//!                       fails; an entry got is kept as by `load`)
 //! exit               -> (exits 0)
 //! ```
 //!
@@ -38,11 +46,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
+use fscache::lock::{FileLock, LockKind, Wait};
 use fscache::replay::{Replayer, Store};
 use fscache::stress::{payload, Workload};
 use fscache::{
-    Commit, Durability, Eviction, FsCache, GcOptions, LoadGuard, MaxSize, StageGuard, StoreGuard,
+    BuildOptions, Built, Commit, Durability, ErrorKind, Eviction, FsCache, GcOptions, GiveUp,
+    LoadGuard, MaxSize, StageGuard, StoreGuard,
 };
 
 struct Worker {
@@ -132,7 +143,95 @@ fn describe(c: Commit) -> String {
     }
 }
 
+/// Why a `build` command's get_or_build failed: the cache, or the build.
+#[derive(Debug)]
+enum BuildFailure {
+    Cache(fscache::Error),
+    Build(String),
+}
+
+impl From<fscache::Error> for BuildFailure {
+    fn from(e: fscache::Error) -> Self {
+        BuildFailure::Cache(e)
+    }
+}
+
 impl Worker {
+    /// The `build` command (see the table at the top).
+    fn build(&mut self, name: &str, bytes: &str, counter: &str, flags: &[&str]) -> String {
+        let mut options = BuildOptions::new();
+        let mut gate = None;
+        let mut fail = false;
+        for flag in flags {
+            match flag.split_once('=') {
+                Some(("gate", path)) => gate = Some(PathBuf::from(path)),
+                Some(("then", "ok")) => fail = false,
+                Some(("then", "fail")) => fail = true,
+                Some(("wait", "forever")) => {
+                    options.wait(Wait::Forever);
+                }
+                Some(("wait", "never")) => {
+                    options.wait(Wait::Never);
+                }
+                Some(("wait", ms)) => match ms.parse() {
+                    Ok(ms) => {
+                        options.wait(Wait::Timeout(Duration::from_millis(ms)));
+                    }
+                    Err(_) => return format!("error bad wait {ms:?}"),
+                },
+                Some(("give-up", "build")) => {
+                    options.give_up(GiveUp::Build);
+                }
+                Some(("give-up", "fail")) => {
+                    options.give_up(GiveUp::Fail);
+                }
+                _ => return format!("error unknown flag {flag:?}"),
+            }
+        }
+        self.nonce += 1;
+        let nonce = u64::from(std::process::id()) << 32 | self.nonce;
+        let len = bytes.parse().unwrap_or(0);
+        let got = self.cache.get_or_build(name, &options, |data| {
+            let mut log = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(counter)
+                .map_err(|e| BuildFailure::Build(format!("open {counter}: {e}")))?;
+            writeln!(log, "{}", std::process::id())
+                .map_err(|e| BuildFailure::Build(format!("append to {counter}: {e}")))?;
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "building");
+            let _ = out.flush();
+            if let Some(gate) = &gate {
+                drop(FileLock::open(gate, LockKind::Shared, Wait::Forever)?);
+            }
+            if fail {
+                return Err(BuildFailure::Build("told to fail".into()));
+            }
+            payload::write(data, nonce, len).map_err(|e| BuildFailure::Build(e.to_string()))
+        });
+        match got {
+            Ok(Built::Uncached { outcome, .. }) => format!("uncached {}", describe(outcome)),
+            Ok(built) => {
+                let verb = if built.built_here() { "built" } else { "hit" };
+                let (Built::Found(hit) | Built::Stored(hit)) = built else {
+                    return "error an outcome this worker does not know".into();
+                };
+                match payload::verify(hit.path()) {
+                    Ok(()) => {
+                        let size = hit.info().size;
+                        self.hits.push(hit);
+                        format!("{verb} {size}")
+                    }
+                    Err(why) => format!("torn {why}"),
+                }
+            }
+            Err(BuildFailure::Build(why)) => format!("failed {why}"),
+            Err(BuildFailure::Cache(e)) if e.kind() == ErrorKind::Contended => "contended".into(),
+            Err(BuildFailure::Cache(e)) => format!("error {}", chain(&e)),
+        }
+    }
+
     fn run(&mut self, line: &str) -> Result<String, Box<dyn std::error::Error + '_>> {
         let words: Vec<&str> = line.split_whitespace().collect();
         Ok(match words.as_slice() {
@@ -259,6 +358,7 @@ impl Worker {
                 let tally = Replayer::open(&self.root)?.run(store, n.parse()?);
                 format!("replayed {tally}")
             }
+            ["build", name, bytes, counter, flags @ ..] => self.build(name, bytes, counter, flags),
             ["sweep-loop"] => match self.sweeper {
                 Some(_) => "error already sweeping".into(),
                 None => {

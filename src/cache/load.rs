@@ -127,6 +127,24 @@ impl FsCache {
 }
 
 impl LoadGuard {
+    /// The entry `name` that this process has just committed, held by the
+    /// lock it was committed under (now shared): `get_or_build` hands it
+    /// back without the gap in which a load could miss it.
+    pub(super) fn just_committed(
+        cache: &FsCache,
+        name: &str,
+        info: ObjectInfo,
+        lock: FileLock,
+    ) -> LoadGuard {
+        LoadGuard {
+            _cache: cache.clone(),
+            name: name.to_owned(),
+            data: cache.objects().join(name).join(DATA),
+            info,
+            lock: lock.released_by_close(),
+        }
+    }
+
     /// The entry's `data/` directory.
     pub fn path(&self) -> &Path {
         &self.data

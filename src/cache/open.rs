@@ -352,6 +352,10 @@ fn has_file(root: &Dir, name: &str) -> Result<bool> {
 fn scaffold(root: &Dir, initial: &CacheInfo) -> Result<Dir> {
     root.create_dir(layout::OBJECTS)?;
     root.create_dir(layout::STAGE)?;
+    // Best effort: only `get_or_build` needs it, and creates it if missing;
+    // a version-1 cache made elsewhere must still open where we may not
+    // write (a read-only mount).
+    let _ = root.create_dir(layout::BUILDS);
     let objects = root.open_dir(layout::OBJECTS)?;
     let initial_info = initial.initial();
     for (name, content) in [

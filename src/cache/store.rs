@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{mkdirat, Mode};
 use rustix::io::Errno;
 
-use crate::atomic::AnonymousDir;
+use crate::atomic::{AnonymousDir, Dir};
 use crate::durability::{self, Durability};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{MaxSize, ObjectInfo};
-use crate::layout::DATA;
+use crate::layout::{in_entry, DATA, LOCK_FILE};
+use crate::lock::{FileLock, LockKind, Wait};
 use crate::name::validate_name;
 use crate::tree;
 use crate::FsCache;
@@ -199,8 +200,8 @@ impl StoreGuard {
     /// would remove it, and the outcome is returned even if the removal
     /// fails: what is left is an unlocked orphan for the sweep.
     pub fn commit(mut self) -> Result<Commit, CommitError> {
-        match self.try_commit() {
-            Ok(outcome) => Ok(outcome),
+        match self.try_commit(false) {
+            Ok((outcome, _)) => Ok(outcome),
             Err(error) => Err(CommitError {
                 error,
                 guard: Box::new(self),
@@ -218,10 +219,15 @@ impl StoreGuard {
         self.entry.take().map_or(Ok(()), AnonymousDir::remove)
     }
 
-    fn try_commit(&mut self) -> Result<Commit> {
+    /// The commit. With `keep`, an entry the cache does not keep stays in
+    /// the guard as it was before the call (for `get_or_build`, whose
+    /// caller still needs what was built), and a stored one always comes
+    /// back still locked, the lock turned shared without ever being
+    /// released.
+    pub(super) fn try_commit(&mut self, keep: bool) -> Result<(Commit, Option<Published>)> {
         if self.degraded {
-            self.discard();
-            return Ok(Commit::Unsupported);
+            self.settle(keep);
+            return Ok((Commit::Unsupported, None));
         }
         let cache = &self.cache;
         let objects = cache.objects();
@@ -236,8 +242,8 @@ impl StoreGuard {
         let info = cache.info();
         let max = info.effective_maximum();
         if !max.admits(size) {
-            self.discard();
-            return Ok(Commit::TooLarge { size, max });
+            self.settle(keep);
+            return Ok((Commit::TooLarge { size, max }, None));
         }
         let object_info = ObjectInfo {
             creation_boot_id: Some(cache.boot_id().to_owned()),
@@ -248,8 +254,8 @@ impl StoreGuard {
             .accounting()
             .account(entry, &object_info, &info, |want| cache.evict_lru(want))?;
         if !accounted {
-            self.discard();
-            return Ok(Commit::NoRoom { size });
+            self.settle(keep);
+            return Ok((Commit::NoRoom { size }, None));
         }
         crate::failpoint!("commit-after-info");
         sync.before_publish(cache, entry, size)?;
@@ -257,16 +263,21 @@ impl StoreGuard {
             Ok(()) => {
                 crate::failpoint!("commit-after-rename");
                 // Committed: releasing the lock publishes it.
-                self.entry = None;
+                let published = match self.entry.take() {
+                    Some(entry) if keep => {
+                        Some(Published::held(entry, objects, &self.name, object_info))
+                    }
+                    _ => None,
+                };
                 let stored = &cache.live_counters().stored;
                 stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 sync.after_publish(objects)?;
-                Ok(Commit::Stored { size })
+                Ok((Commit::Stored { size }, published.transpose()?))
             }
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => {
                 cache.accounting().give_back(entry.dir(), size)?;
-                self.discard();
-                Ok(Commit::NameTaken)
+                self.settle(keep);
+                Ok((Commit::NameTaken, None))
             }
             Err(e) => {
                 cache.accounting().give_back(entry.dir(), size)?;
@@ -279,6 +290,14 @@ impl StoreGuard {
         }
     }
 
+    /// Once the commit has settled that the cache does not keep the entry:
+    /// remove it, or with `keep` leave it to the guard.
+    fn settle(&mut self, keep: bool) {
+        if !keep {
+            self.discard();
+        }
+    }
+
     /// Remove the entry once the commit has settled that it is not kept.
     /// The outcome stands whatever the removal meets, as for a drop: what
     /// it cannot remove (an unlocked orphan) the sweep removes or reports.
@@ -286,6 +305,29 @@ impl StoreGuard {
         if let Some(entry) = self.entry.take() {
             let _ = entry.remove();
         }
+    }
+}
+
+/// A stored entry whose committer still holds it: the lock it was created
+/// with, now shared, so it cannot be evicted between commit and use.
+#[derive(Debug)]
+pub(super) struct Published {
+    pub(super) lock: FileLock,
+    pub(super) info: ObjectInfo,
+}
+
+impl Published {
+    /// Turn the committed entry's exclusive lock shared in place (the
+    /// kernel converts it without releasing it). Should the kernel refuse
+    /// (it has no room for locks), the lock is released as by a plain
+    /// commit and the error returned: the entry is in the cache all the
+    /// same, for the next load.
+    fn held(entry: AnonymousDir, objects: &Dir, name: &str, info: ObjectInfo) -> Result<Self> {
+        let mut lock = entry
+            .into_lock()
+            .with_path(objects.join(in_entry(name, LOCK_FILE)));
+        lock.relock(LockKind::Shared, Wait::Never)?;
+        Ok(Published { lock, info })
     }
 }
 

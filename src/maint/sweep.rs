@@ -48,6 +48,9 @@ pub struct SweepReport {
     /// Orphans and invalid entries we may not lock or remove (another
     /// user's, with modes that keep us out): skipped like entries in use.
     pub denied: u64,
+    /// Build locks (`builds/<name>`) that nobody held, removed: what a
+    /// builder killed in [`FsCache::get_or_build`] leaves.
+    pub build_locks: u64,
 }
 
 /// An orphan that [`FsCache::sweep_orphans`] could not remove, and why.
@@ -158,6 +161,7 @@ impl FsCache {
                 }
             }
         }
+        self.sweep_build_locks(&mut report)?;
         Ok(report)
     }
 
