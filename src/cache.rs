@@ -4,6 +4,7 @@ mod load;
 mod open;
 mod stage;
 mod store;
+mod trees;
 
 pub use load::LoadGuard;
 pub use open::OpenOptions;

@@ -238,6 +238,7 @@ pub use maint::{
     Unremovable,
 };
 pub use name::{validate_name, MAX_NAME_LEN};
+pub use tree::Copied;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

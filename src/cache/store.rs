@@ -164,6 +164,11 @@ impl FsCache {
 }
 
 impl StoreGuard {
+    /// The entry, until a commit has published or settled it.
+    pub(crate) fn entry(&self) -> Option<&AnonymousDir> {
+        self.entry.as_ref()
+    }
+
     /// The `data/` directory to fill.
     pub fn path(&self) -> &Path {
         &self.data
