@@ -2,12 +2,14 @@
 
 mod load;
 mod open;
+mod promote;
 mod stage;
 mod store;
 mod trees;
 
 pub use load::LoadGuard;
 pub use open::OpenOptions;
+pub use promote::PromoteError;
 pub use stage::StageGuard;
 pub use store::{Commit, CommitError, StoreGuard};
 

@@ -223,7 +223,8 @@ mod tree;
 
 pub use bootid::app_boot_id;
 pub use cache::{
-    Commit, CommitError, Counters, FsCache, LoadGuard, OpenOptions, StageGuard, StoreGuard,
+    Commit, CommitError, Counters, FsCache, LoadGuard, OpenOptions, PromoteError, StageGuard,
+    StoreGuard,
 };
 pub use durability::{Durability, EarlierBoot};
 pub use error::{Error, ErrorKind, Op, Result};
