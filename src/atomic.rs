@@ -563,6 +563,62 @@ impl AnonymousDir {
     pub fn remove(self) -> Result<()> {
         remove_entry(&self.parent, &self.name, &self.dir)
     }
+
+    /// Move it into `to`, a directory on the same file system, under a
+    /// fresh anonymous name. Its lock is held throughout (the lock file
+    /// moves with it), so an orphan sweep sees it live on either side;
+    /// its descriptors stay valid, and its parent is `to` from now on.
+    /// On failure it is handed back, where it was.
+    pub(crate) fn move_to(self, to: &Arc<Dir>) -> Result<AnonymousDir, Box<(Error, AnonymousDir)>> {
+        loop {
+            let name = anonymous_name();
+            let moved = if to.features.noreplace.usable() {
+                match renameat_with(
+                    self.parent.as_fd(),
+                    self.name.as_str(),
+                    to.as_fd(),
+                    name.as_str(),
+                    RenameFlags::NOREPLACE,
+                ) {
+                    Err(Errno::INVAL) | Err(Errno::NOSYS) => {
+                        to.features.noreplace.set(Support::No);
+                        continue;
+                    }
+                    other => other,
+                }
+            } else {
+                // Without the flag a plain rename could only replace an
+                // empty directory of the same fresh random name.
+                renameat(
+                    self.parent.as_fd(),
+                    self.name.as_str(),
+                    to.as_fd(),
+                    name.as_str(),
+                )
+            };
+            match moved {
+                Ok(()) => {
+                    let path = to.join(&name);
+                    let AnonymousDir { dir, lock, .. } = self;
+                    return Ok(AnonymousDir {
+                        parent: Arc::clone(to),
+                        lock: lock.with_path(path.join(LOCK_FILE)),
+                        dir: Dir { path, ..dir },
+                        name,
+                    });
+                }
+                Err(Errno::EXIST) | Err(Errno::NOTEMPTY) => continue,
+                Err(e) => {
+                    let error = Error::Rename {
+                        from: self.path().to_owned(),
+                        to: to.join(&name),
+                        source: e.into(),
+                    };
+                    return Err(Box::new((error, self)));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(all(test, not(loom)))]

@@ -4,13 +4,16 @@ mod build;
 mod load;
 mod namespace;
 mod open;
+mod promote;
 mod stage;
 mod store;
+mod trees;
 
 pub use build::{BuildOptions, Built, GiveUp};
 pub use load::LoadGuard;
 pub(crate) use namespace::namespace_dirs;
 pub use open::{OpenOptions, DEFAULT_MAXIMUM};
+pub use promote::PromoteError;
 pub use stage::StageGuard;
 pub use store::{Commit, CommitError, StoreGuard};
 

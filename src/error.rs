@@ -46,6 +46,13 @@ pub enum Op {
     /// Making a file, a directory or a file system durable (`fsync`,
     /// `syncfs`).
     Sync,
+    /// Copying a file's content (sharing its blocks, or
+    /// `copy_file_range`), or copying a file that cannot be copied.
+    Copy,
+    /// Reading a symbolic link's target.
+    ReadLink,
+    /// Creating a symbolic link.
+    Symlink,
 }
 
 impl fmt::Display for Op {
@@ -67,6 +74,9 @@ impl fmt::Display for Op {
             Op::Chmod => "change permissions of",
             Op::ReadBootId => "read boot id from",
             Op::Sync => "sync",
+            Op::Copy => "copy",
+            Op::ReadLink => "read link",
+            Op::Symlink => "create symbolic link",
         })
     }
 }

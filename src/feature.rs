@@ -78,9 +78,9 @@ pub(crate) struct FsFeatures {
 impl FsFeatures {
     /// Fresh detection state, less what `FSCACHE_DISABLE` turns off.
     ///
-    /// `FSCACHE_DISABLE` is a comma-separated list of `openat2`, `tmpfile`
-    /// and `noreplace`: the test suite uses it to run every fallback path on
-    /// a kernel that has the feature.
+    /// `FSCACHE_DISABLE` is a comma-separated list of `openat2`, `tmpfile`,
+    /// `noreplace`, `ficlone` and `copy_file_range`: the test suite uses it
+    /// to run every fallback path on a kernel that has the feature.
     pub(crate) fn detect() -> Self {
         let features = FsFeatures {
             tmpfile: Feature::new(),
@@ -100,12 +100,22 @@ impl FsFeatures {
     }
 }
 
+/// How file content may be copied, fastest first; what `FSCACHE_DISABLE`
+/// leaves of it (`ficlone`, `copy_file_range`) is where a copy starts. A
+/// copy learns the rest for each pair of file systems it copies between.
+pub(crate) fn copy_methods() -> (bool, bool) {
+    let d = disabled();
+    (!d.ficlone, !d.copy_file_range)
+}
+
 /// What `FSCACHE_DISABLE` turns off, read once per process.
 #[derive(Clone, Copy, Debug, Default)]
 struct Disabled {
     openat2: bool,
     tmpfile: bool,
     noreplace: bool,
+    ficlone: bool,
+    copy_file_range: bool,
 }
 
 fn disabled() -> Disabled {
@@ -117,6 +127,8 @@ fn disabled() -> Disabled {
             openat2: has("openat2"),
             tmpfile: has("tmpfile"),
             noreplace: has("noreplace"),
+            ficlone: has("ficlone"),
+            copy_file_range: has("copy_file_range"),
         }
     })
 }

@@ -166,6 +166,26 @@
 //! systems that journal their metadata in order, as ext4 and XFS do, never
 //! keep the smaller size without the removal).
 //!
+//! # Trees in and out
+//!
+//! [`FsCache::store_tree`] stores a copy of a file or a directory tree,
+//! [`LoadGuard::copy_out`] (or [`FsCache::copy_out`]) copies an entry out
+//! to a new directory, and [`StageGuard::promote`] publishes a stage by
+//! rename, without a copy. Copies keep modes, times, symbolic links (as
+//! links, never followed) and hard links, refuse device files, fifos and
+//! sockets, and share blocks with the original where the file system can
+//! (`FICLONE` on Btrfs, XFS with reflink, bcachefs; else
+//! `copy_file_range`, else `read`/`write`).
+//!
+//! **Shared blocks are accounted in full.** An entry's size is the sum of
+//! `st_blocks` over its tree (FORMAT.md), and `st_blocks` charges a
+//! reflinked file all of its blocks, shared or not. So an entry cloned
+//! from a tree outside the cache, or copied out again, costs the cache
+//! its full size in `cache.size` although the disk holds those blocks
+//! only once: the cache's maximum bounds the logical size of its entries,
+//! not the space they take on disk (which is at most that, and may be
+//! much less).
+//!
 //! # Security
 //!
 //! Every operation works relative to descriptors of the cache directories
@@ -248,7 +268,7 @@ mod tree;
 pub use bootid::app_boot_id;
 pub use cache::{
     BuildOptions, Built, Commit, CommitError, Counters, FsCache, GiveUp, LoadGuard, OpenOptions,
-    StageGuard, StoreGuard, DEFAULT_MAXIMUM,
+    PromoteError, StageGuard, StoreGuard, DEFAULT_MAXIMUM,
 };
 pub use durability::{Durability, EarlierBoot};
 pub use error::{Error, ErrorKind, Op, Result};
@@ -263,6 +283,7 @@ pub use maint::{
     Unremovable,
 };
 pub use name::{validate_name, MAX_NAME_LEN};
+pub use tree::Copied;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

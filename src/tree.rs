@@ -1,7 +1,11 @@
-//! Measuring and removing directory trees through descriptors, never
-//! following a symbolic link.
+//! Measuring, copying and removing directory trees through descriptors,
+//! never following a symbolic link.
 
+mod copy;
 mod walk;
+
+pub use copy::Copied;
+pub(crate) use copy::{copy_dir, copy_path};
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

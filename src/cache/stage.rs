@@ -16,6 +16,9 @@ use crate::FsCache;
 /// its version.
 #[must_use = "the staging directory is removed as soon as the guard is dropped"]
 pub struct StageGuard {
+    /// Keeps the cache open while the stage lives; a promotion commits
+    /// through it.
+    cache: FsCache,
     entry: Option<AnonymousDir>,
     data: PathBuf,
 }
@@ -54,14 +57,31 @@ impl FsCache {
             let _ = entry.remove();
             return Err(e).at(Op::CreateDir, || data);
         }
-        Ok(StageGuard {
-            entry: Some(entry),
-            data,
-        })
+        Ok(StageGuard::adopt(self.clone(), entry))
     }
 }
 
 impl StageGuard {
+    /// A guard for `entry`, an anonymous entry in `stage/` with its
+    /// `data/`.
+    pub(crate) fn adopt(cache: FsCache, entry: AnonymousDir) -> StageGuard {
+        StageGuard {
+            cache,
+            data: entry.path().join(DATA),
+            entry: Some(entry),
+        }
+    }
+
+    /// The handle the stage was made through.
+    pub(crate) fn cache(&self) -> &FsCache {
+        &self.cache
+    }
+
+    /// Take the entry out of the guard, which then removes nothing.
+    pub(crate) fn into_entry(mut self) -> Option<AnonymousDir> {
+        self.entry.take()
+    }
+
     /// The scratch directory.
     pub fn path(&self) -> &Path {
         &self.data

@@ -174,6 +174,29 @@ impl FsCache {
 }
 
 impl StoreGuard {
+    /// A guard for `entry`, an anonymous entry already in `objects/` with
+    /// its `data/`, to commit as `name` (a stage being promoted).
+    pub(crate) fn adopt(cache: FsCache, name: &str, entry: AnonymousDir) -> StoreGuard {
+        StoreGuard {
+            data: entry.path().join(DATA),
+            durability: cache.durability(),
+            cache,
+            name: name.to_owned(),
+            entry: Some(entry),
+            degraded: false,
+        }
+    }
+
+    /// The entry, until a commit has published or settled it.
+    pub(crate) fn entry(&self) -> Option<&AnonymousDir> {
+        self.entry.as_ref()
+    }
+
+    /// Take the entry out of the guard, which then removes nothing.
+    pub(crate) fn into_entry(mut self) -> Option<AnonymousDir> {
+        self.entry.take()
+    }
+
     /// The `data/` directory to fill.
     pub fn path(&self) -> &Path {
         &self.data

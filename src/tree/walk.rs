@@ -23,7 +23,7 @@ use super::open_dir;
 use crate::error::{Error, IoContext, Op, Result};
 
 /// How many of the innermost directories keep their descriptor.
-const OPEN_LEVELS: usize = 16;
+pub(super) const OPEN_LEVELS: usize = 16;
 
 /// What a walk does in each directory.
 pub(super) trait Visit {
@@ -55,6 +55,11 @@ impl Here<'_> {
 
     pub(super) fn child(&self, name: &CStr) -> PathBuf {
         self.trail.child_path(self.depth, name)
+    }
+
+    /// The directory's name in its parent (empty for the root).
+    pub(super) fn name(&self) -> &CStr {
+        &self.trail.levels[self.depth].name
     }
 }
 
