@@ -1,10 +1,12 @@
 //! `FsCache`: one open cache directory, shared by every thread of a process.
 
+mod blobs;
 mod load;
 mod open;
 mod stage;
 mod store;
 
+pub use blobs::BLOB_LIMIT;
 pub use load::LoadGuard;
 pub use open::OpenOptions;
 pub use stage::StageGuard;

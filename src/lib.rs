@@ -147,6 +147,15 @@
 //! systems that journal their metadata in order, as ext4 and XFS do, never
 //! keep the smaller size without the removal).
 //!
+//! # Small blobs
+//!
+//! [`FsCache::put_blobs`], [`FsCache::get_blob`] and [`FsCache::has`]
+//! store and read named byte strings (a compiler's output, its stdout, its
+//! exit code) as the files of an ordinary entry, which osbuild can load
+//! like any other. Blobs are read through descriptors below the cache,
+//! never following a link, and never more than a limit ([`BLOB_LIMIT`],
+//! or [`LoadGuard::read_blob_limited`]'s).
+//!
 //! # Security
 //!
 //! Every operation works relative to descriptors of the cache directories
@@ -224,6 +233,7 @@ mod tree;
 pub use bootid::app_boot_id;
 pub use cache::{
     Commit, CommitError, Counters, FsCache, LoadGuard, OpenOptions, StageGuard, StoreGuard,
+    BLOB_LIMIT,
 };
 pub use durability::{Durability, EarlierBoot};
 pub use error::{Error, ErrorKind, Op, Result};

@@ -137,6 +137,11 @@ impl LoadGuard {
         &self.name
     }
 
+    /// The handle the entry was loaded through.
+    pub(crate) fn cache(&self) -> &FsCache {
+        &self._cache
+    }
+
     /// The entry's `object.info`, as read when it was loaded: its size and
     /// the boot that made it.
     pub fn info(&self) -> &ObjectInfo {

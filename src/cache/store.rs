@@ -174,6 +174,11 @@ impl StoreGuard {
         &self.name
     }
 
+    /// The entry directory, until the guard lets go of it.
+    pub(crate) fn entry_dir(&self) -> Option<&crate::atomic::Dir> {
+        self.entry.as_ref().map(AnonymousDir::dir)
+    }
+
     /// Commit the entry under its name.
     ///
     /// In order: measure `data/`; refuse it if it can never fit; in the
