@@ -26,6 +26,7 @@ use crate::beneath::open_beneath;
 use crate::durability::{Durability, EarlierBoot};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{CacheInfo, MaxSize};
+use crate::integrity::Integrity;
 use crate::layout;
 use crate::lock::{FileLock, LockKind, Wait};
 use crate::size::{self, Accounting, HealGate};
@@ -78,6 +79,7 @@ pub(crate) struct Inner {
     _cache_lock: FileLock,
     pub(crate) durability: Durability,
     pub(crate) earlier_boot: EarlierBoot,
+    pub(crate) integrity: Integrity,
 }
 
 /// What one handle has done since it was opened, from [`FsCache::counters`].
@@ -95,6 +97,9 @@ pub struct Counters {
     /// evict (see [`FsCache::resync`]; at most once per minute per handle
     /// for want of room).
     pub heals: u64,
+    /// Verifying loads ([`FsCache::load_verified`]) that found the entry's
+    /// `data/` no longer matching its recorded digest; each is a miss too.
+    pub mismatches: u64,
 }
 
 /// The live counters behind [`Counters`].
@@ -104,6 +109,7 @@ pub(crate) struct LiveCounters {
     pub(crate) misses: AtomicU64,
     pub(crate) stored: AtomicU64,
     pub(crate) heals: AtomicU64,
+    pub(crate) mismatches: AtomicU64,
 }
 
 impl From<Inner> for FsCache {
@@ -296,6 +302,11 @@ impl FsCache {
         self.inner.earlier_boot
     }
 
+    /// The handle's integrity policy for new stores.
+    pub(crate) fn integrity(&self) -> Integrity {
+        self.inner.integrity
+    }
+
     /// Every change of `cache.size` goes through here.
     pub(crate) fn accounting(&self) -> Accounting<'_> {
         Accounting {
@@ -330,6 +341,7 @@ impl FsCache {
             misses: get(&c.misses),
             stored: get(&c.stored),
             heals: get(&c.heals),
+            mismatches: get(&c.mismatches),
         }
     }
 

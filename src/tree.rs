@@ -1,6 +1,7 @@
 //! Measuring and removing directory trees through descriptors, never
 //! following a symbolic link.
 
+mod digest;
 mod walk;
 
 use std::ffi::{CStr, CString};
@@ -11,6 +12,7 @@ use rustix::fs::{fchmod, fstat, openat, statat, AtFlags, Dir, FileType, Mode, OF
 use rustix::io::Errno;
 
 use crate::error::{IoContext, Op, Result};
+pub(crate) use digest::measure_and_digest;
 use walk::{walk, Here, Visit};
 
 /// Open the directory `name` in `parent` for listing, refusing a link.

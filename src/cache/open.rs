@@ -12,6 +12,7 @@ use crate::atomic::{Dir, Replace};
 use crate::durability::{Durability, EarlierBoot};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::CacheInfo;
+use crate::integrity::Integrity;
 use crate::layout;
 use crate::lock::{LockKind, Wait};
 use crate::size::HealGate;
@@ -46,6 +47,7 @@ pub struct OpenOptions {
     wait: Wait,
     durability: Durability,
     earlier_boot: EarlierBoot,
+    integrity: Integrity,
 }
 
 impl Default for OpenOptions {
@@ -64,6 +66,7 @@ impl OpenOptions {
             wait: Wait::Forever,
             durability: Durability::None,
             earlier_boot: EarlierBoot::Serve,
+            integrity: Integrity::None,
         }
     }
 
@@ -120,6 +123,32 @@ impl OpenOptions {
     /// ```
     pub fn earlier_boot(&mut self, policy: EarlierBoot) -> &mut OpenOptions {
         self.earlier_boot = policy;
+        self
+    }
+
+    /// Commit the handle's entries with `integrity` (the default is
+    /// [`Integrity::None`]): with [`Integrity::Record`], a digest of each
+    /// entry's `data/` goes into its `object.info`, for
+    /// [`FsCache::verify`] and [`FsCache::load_verified`] to check.
+    /// [`StoreGuard::set_integrity`] overrides it for one entry.
+    ///
+    /// [`StoreGuard::set_integrity`]: crate::StoreGuard::set_integrity
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fscache::{Integrity, MaxSize, OpenOptions, Verification};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cache = OpenOptions::new().integrity(Integrity::Record).open("my-tool", dir.path())?;
+    /// cache.set_maximum_size(MaxSize::Unlimited)?;
+    /// let entry = cache.store("checked")?;
+    /// std::fs::write(entry.path().join("out"), b"result").unwrap();
+    /// assert!(entry.commit()?.is_stored());
+    /// assert_eq!(cache.verify("checked")?, Verification::Intact);
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
+    pub fn integrity(&mut self, integrity: Integrity) -> &mut OpenOptions {
+        self.integrity = integrity;
         self
     }
 
@@ -181,6 +210,7 @@ impl OpenOptions {
             counters: LiveCounters::default(),
             durability: self.durability,
             earlier_boot: self.earlier_boot,
+            integrity: self.integrity,
             _cache_lock: cache_lock,
         }))
     }

@@ -11,6 +11,7 @@ use crate::atomic::AnonymousDir;
 use crate::durability::{self, Durability};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{MaxSize, ObjectInfo};
+use crate::integrity::{self, Integrity};
 use crate::layout::DATA;
 use crate::name::validate_name;
 use crate::tree;
@@ -97,6 +98,7 @@ pub struct StoreGuard {
     /// The cache's version is unsupported: this is a staging entry.
     degraded: bool,
     pub(crate) durability: Durability,
+    pub(crate) integrity: Integrity,
 }
 
 impl fmt::Debug for StoreGuard {
@@ -159,6 +161,7 @@ impl FsCache {
             data,
             degraded,
             durability: self.durability(),
+            integrity: self.integrity(),
         })
     }
 }
@@ -227,7 +230,8 @@ impl StoreGuard {
             return Err(durability::spent(objects, &self.name));
         };
         let data = tree::open_dir(entry.dir().as_fd(), DATA).at(Op::Open, || self.data.clone())?;
-        let (size, sync) = durability::measure(data, &self.data, self.durability)?;
+        let (size, sync, digest) =
+            integrity::measure(data, &self.data, self.durability, self.integrity)?;
         crate::failpoint!("commit-after-measure");
         let info = cache.info();
         let max = info.effective_maximum();
@@ -239,6 +243,7 @@ impl StoreGuard {
             creation_boot_id: Some(cache.boot_id().to_owned()),
             size,
             durable: sync.is_durable(),
+            digest,
         };
         let accounted = cache
             .accounting()
