@@ -1,5 +1,6 @@
 //! `FsCache`: one open cache directory, shared by every thread of a process.
 
+mod blobs;
 mod build;
 mod load;
 mod namespace;
@@ -9,6 +10,7 @@ mod stage;
 mod store;
 mod trees;
 
+pub use blobs::BLOB_LIMIT;
 pub use build::{BuildOptions, Built, GiveUp};
 pub use load::LoadGuard;
 pub(crate) use namespace::namespace_dirs;
@@ -31,6 +33,7 @@ use crate::beneath::open_beneath;
 use crate::durability::{Durability, EarlierBoot};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{CacheInfo, MaxSize};
+use crate::integrity::Integrity;
 use crate::layout;
 use crate::lock::{FileLock, LockKind, Wait};
 use crate::size::{self, Accounting, HealGate};
@@ -85,6 +88,7 @@ pub(crate) struct Inner {
     pub(crate) earlier_boot: EarlierBoot,
     /// For a namespace: the cache whose budget it shares.
     parent: Option<FsCache>,
+    pub(crate) integrity: Integrity,
 }
 
 /// What one handle has done since it was opened, from [`FsCache::counters`].
@@ -102,6 +106,9 @@ pub struct Counters {
     /// evict (see [`FsCache::resync`]; at most once per minute per handle
     /// for want of room).
     pub heals: u64,
+    /// Verifying loads ([`FsCache::load_verified`]) that found the entry's
+    /// `data/` no longer matching its recorded digest; each is a miss too.
+    pub mismatches: u64,
 }
 
 /// The live counters behind [`Counters`].
@@ -111,6 +118,7 @@ pub(crate) struct LiveCounters {
     pub(crate) misses: AtomicU64,
     pub(crate) stored: AtomicU64,
     pub(crate) heals: AtomicU64,
+    pub(crate) mismatches: AtomicU64,
 }
 
 impl From<Inner> for FsCache {
@@ -303,6 +311,11 @@ impl FsCache {
         self.inner.earlier_boot
     }
 
+    /// The handle's integrity policy for new stores.
+    pub(crate) fn integrity(&self) -> Integrity {
+        self.inner.integrity
+    }
+
     /// Every change of `cache.size` goes through here.
     pub(crate) fn accounting(&self) -> Accounting<'_> {
         Accounting {
@@ -338,6 +351,7 @@ impl FsCache {
             misses: get(&c.misses),
             stored: get(&c.stored),
             heals: get(&c.heals),
+            mismatches: get(&c.mismatches),
         }
     }
 

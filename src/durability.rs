@@ -215,6 +215,15 @@ pub(crate) fn measure(data: OwnedFd, path: &Path, policy: Durability) -> Result<
 }
 
 impl Pending {
+    /// What is left after a walk under `policy` that fsynced the whole
+    /// tree (`whole`) or not, as [`measure`] leaves it.
+    pub(crate) fn after_walk(policy: Durability, whole: bool) -> Pending {
+        Pending {
+            policy,
+            syncfs: policy == Durability::Sync && !whole,
+        }
+    }
+
     fn nothing() -> Pending {
         Pending {
             policy: Durability::None,
@@ -320,6 +329,7 @@ mod tests {
             creation_boot_id: boot.map(str::to_owned),
             size: 4096,
             durable,
+            digest: None,
         }
     }
 

@@ -6,6 +6,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::integrity::Digest;
+
 /// The newest format version this crate reads and writes.
 pub const VERSION_CURRENT: i64 = 1;
 /// The oldest format version this crate reads and writes.
@@ -22,6 +24,12 @@ pub const DEFAULT_LOW_WATERMARK_PERCENT: u8 = 90;
 /// so that other entries carry exactly osbuild's JSON; version-1 readers
 /// (osbuild) ignore it.
 pub const DURABLE_KEY: &str = "fscache-durable";
+
+/// Our extension key in `object.info`: the [`Digest`] of the entry's
+/// `data/` as 64 lowercase hex digits, when it was committed with
+/// [`Integrity::Record`](crate::Integrity::Record). Written only then;
+/// version-1 readers (osbuild) ignore it.
+pub const DIGEST_KEY: &str = "fscache-sha256";
 
 /// The most the cache may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -229,6 +237,11 @@ pub struct ObjectInfo {
     /// whole, before it appeared under its name. False when the key is
     /// missing (osbuild's entries) or anything but `true`.
     pub durable: bool,
+    /// Our extension ([`DIGEST_KEY`]): the digest of `data/` recorded at
+    /// commit. `None` when the key is missing (osbuild's entries, and ours
+    /// committed without [`Integrity::Record`](crate::Integrity::Record))
+    /// or holds anything but 64 lowercase hex digits.
+    pub digest: Option<Digest>,
 }
 
 impl ObjectInfo {
@@ -257,11 +270,16 @@ impl ObjectInfo {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             durable: map.get(DURABLE_KEY).and_then(Value::as_bool) == Some(true),
+            digest: map
+                .get(DIGEST_KEY)
+                .and_then(Value::as_str)
+                .and_then(Digest::from_hex),
         })
     }
 
     /// The JSON osbuild writes: `{"creation-boot-id": "…", "size": N}`,
-    /// followed by `"fscache-durable": true` for a durable entry.
+    /// followed by `"fscache-durable": true` for a durable entry and
+    /// `"fscache-sha256": "…"` for one with a digest.
     pub fn to_json(&self) -> Vec<u8> {
         let mut map = Map::new();
         if let Some(b) = &self.creation_boot_id {
@@ -270,6 +288,9 @@ impl ObjectInfo {
         map.insert("size".into(), Value::from(self.size));
         if self.durable {
             map.insert(DURABLE_KEY.into(), Value::from(true));
+        }
+        if let Some(digest) = &self.digest {
+            map.insert(DIGEST_KEY.into(), Value::from(digest.to_string()));
         }
         serde_json::to_vec(&Value::Object(map)).unwrap_or_default()
     }
@@ -359,10 +380,35 @@ mod tests {
             creation_boot_id: Some("ab".repeat(16)),
             size: 4096,
             durable: false,
+            digest: None,
         };
         assert_eq!(ObjectInfo::parse(&i.to_json()), Some(i.clone()));
-        let durable = ObjectInfo { durable: true, ..i };
+        let durable = ObjectInfo {
+            durable: true,
+            ..i.clone()
+        };
         assert_eq!(ObjectInfo::parse(&durable.to_json()), Some(durable));
+        let digested = ObjectInfo {
+            digest: Some(Digest::from([0xab; 32])),
+            ..i.clone()
+        };
+        assert_eq!(ObjectInfo::parse(&digested.to_json()), Some(digested));
+        for bad in [
+            "",
+            "AB",
+            &"AB".repeat(32),
+            &"ab".repeat(31),
+            &"xy".repeat(32),
+        ] {
+            let raw = format!(r#"{{"size": 1, "{DIGEST_KEY}": "{bad}"}}"#);
+            let parsed = ObjectInfo::parse(raw.as_bytes()).expect("still an object.info");
+            assert_eq!(parsed.digest, None, "{bad:?} is no digest");
+        }
+        let raw = format!(r#"{{"size": 1, "{DIGEST_KEY}": 7}}"#);
+        assert_eq!(
+            ObjectInfo::parse(raw.as_bytes()).map(|i| i.digest),
+            Some(None)
+        );
         assert_eq!(ObjectInfo::parse(br#"{"size": -1}"#), None);
         assert!(ObjectInfo::parse(br#"{"size": 9007199254740991}"#).is_some());
         assert_eq!(ObjectInfo::parse(br#"{"size": 9007199254740992}"#), None);

@@ -186,6 +186,28 @@
 //! not the space they take on disk (which is at most that, and may be
 //! much less).
 //!
+//! # Small blobs
+//!
+//! [`FsCache::put_blobs`], [`FsCache::get_blob`] and [`FsCache::has`]
+//! store and read named byte strings (a compiler's output, its stdout, its
+//! exit code) as the files of an ordinary entry, which osbuild can load
+//! like any other. Blobs are read through descriptors below the cache,
+//! never following a link, and never more than a limit ([`BLOB_LIMIT`],
+//! or [`LoadGuard::read_blob_limited`]'s).
+//!
+//! # Integrity
+//!
+//! A commit under [`Integrity::Record`] ([`OpenOptions::integrity`],
+//! [`StoreGuard::set_integrity`]) records a SHA-256 [`Digest`] of the
+//! entry's `data/` (names, types, modes, contents and link targets; the
+//! serialisation is written out at [`Digest`]) in its `object.info`
+//! (`"fscache-sha256"`, which osbuild ignores), computed by the walk that
+//! measures the tree. [`FsCache::verify`] compares an entry with it;
+//! [`FsCache::load_verified`] serves an entry only if it still matches
+//! (or records no digest), and counts the others in
+//! [`Counters::mismatches`]. [`Integrity::None`], the default, costs
+//! nothing.
+//!
 //! # Security
 //!
 //! Every operation works relative to descriptors of the cache directories
@@ -253,6 +275,7 @@ mod error;
 pub mod failpoint;
 mod feature;
 mod info;
+mod integrity;
 mod layout;
 pub mod lock;
 mod maint;
@@ -268,14 +291,15 @@ mod tree;
 pub use bootid::app_boot_id;
 pub use cache::{
     BuildOptions, Built, Commit, CommitError, Counters, FsCache, GiveUp, LoadGuard, OpenOptions,
-    PromoteError, StageGuard, StoreGuard, DEFAULT_MAXIMUM,
+    PromoteError, StageGuard, StoreGuard, BLOB_LIMIT, DEFAULT_MAXIMUM,
 };
 pub use durability::{Durability, EarlierBoot};
 pub use error::{Error, ErrorKind, Op, Result};
 pub use info::{
-    parse_size, CacheInfo, MaxSize, ObjectInfo, DEFAULT_LOW_WATERMARK_PERCENT, DURABLE_KEY,
-    LOW_WATERMARK_KEY, MAX_ENTRY_SIZE, VERSION_CURRENT, VERSION_MINIMUM,
+    parse_size, CacheInfo, MaxSize, ObjectInfo, DEFAULT_LOW_WATERMARK_PERCENT, DIGEST_KEY,
+    DURABLE_KEY, LOW_WATERMARK_KEY, MAX_ENTRY_SIZE, VERSION_CURRENT, VERSION_MINIMUM,
 };
+pub use integrity::{Digest, Integrity, Verification};
 pub use layout::ROOT_LAYOUT;
 pub use lock::Wait;
 pub use maint::{

@@ -2,6 +2,7 @@
 //! never following a symbolic link.
 
 mod copy;
+mod digest;
 mod walk;
 
 pub use copy::Copied;
@@ -15,6 +16,7 @@ use rustix::fs::{fchmod, fstat, openat, statat, AtFlags, Dir, FileType, Mode, OF
 use rustix::io::Errno;
 
 use crate::error::{IoContext, Op, Result};
+pub(crate) use digest::measure_and_digest;
 use walk::{walk, Here, Visit};
 
 /// Open the directory `name` in `parent` for listing, refusing a link.

@@ -66,6 +66,17 @@ impl FsCache {
     /// # Ok::<(), fscache::Error>(())
     /// ```
     pub fn load(&self, name: &str) -> Result<Option<LoadGuard>> {
+        self.load_checked(name, |_, _| Ok(true))
+    }
+
+    /// [`FsCache::load`], serving the entry only if `check` (given
+    /// `objects/` and the entry's `object.info`, under the shared lock,
+    /// before the use is recorded) says so; otherwise it is a miss.
+    pub(crate) fn load_checked(
+        &self,
+        name: &str,
+        check: impl FnOnce(&crate::atomic::Dir, &ObjectInfo) -> Result<bool>,
+    ) -> Result<Option<LoadGuard>> {
         validate_name(name)?;
         if !self.info().is_supported() {
             return Ok(self.missed());
@@ -90,6 +101,9 @@ impl FsCache {
             return Ok(self.missed());
         };
         if !self.earlier_boot().serves(Some(&info), self.boot_id()) {
+            return Ok(self.missed());
+        }
+        if !check(objects, &info)? {
             return Ok(self.missed());
         }
         let now = Timestamps {

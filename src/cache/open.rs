@@ -12,6 +12,7 @@ use crate::atomic::{Dir, Replace};
 use crate::durability::{Durability, EarlierBoot};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{CacheInfo, MaxSize};
+use crate::integrity::Integrity;
 use crate::layout;
 use crate::lock::{LockKind, Wait};
 use crate::size::HealGate;
@@ -86,6 +87,7 @@ pub struct OpenOptions {
     wait: Wait,
     durability: Durability,
     earlier_boot: EarlierBoot,
+    integrity: Integrity,
 }
 
 impl Default for OpenOptions {
@@ -105,6 +107,7 @@ impl OpenOptions {
             wait: Wait::Forever,
             durability: Durability::None,
             earlier_boot: EarlierBoot::Serve,
+            integrity: Integrity::None,
         }
     }
 
@@ -193,6 +196,32 @@ impl OpenOptions {
         self
     }
 
+    /// Commit the handle's entries with `integrity` (the default is
+    /// [`Integrity::None`]): with [`Integrity::Record`], a digest of each
+    /// entry's `data/` goes into its `object.info`, for
+    /// [`FsCache::verify`] and [`FsCache::load_verified`] to check.
+    /// [`StoreGuard::set_integrity`] overrides it for one entry.
+    ///
+    /// [`StoreGuard::set_integrity`]: crate::StoreGuard::set_integrity
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fscache::{Integrity, MaxSize, OpenOptions, Verification};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cache = OpenOptions::new().integrity(Integrity::Record).open("my-tool", dir.path())?;
+    /// cache.set_maximum_size(MaxSize::Unlimited)?;
+    /// let entry = cache.store("checked")?;
+    /// std::fs::write(entry.path().join("out"), b"result").unwrap();
+    /// assert!(entry.commit()?.is_stored());
+    /// assert_eq!(cache.verify("checked")?, Verification::Intact);
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
+    pub fn integrity(&mut self, integrity: Integrity) -> &mut OpenOptions {
+        self.integrity = integrity;
+        self
+    }
+
     /// Open the cache at `path` for the application `app_id`.
     ///
     /// A directory is a cache when it holds `cache.info`; what else the
@@ -265,6 +294,7 @@ impl OpenOptions {
             durability: self.durability,
             earlier_boot: self.earlier_boot,
             parent,
+            integrity: self.integrity,
             _cache_lock: cache_lock,
         }))
     }

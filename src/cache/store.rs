@@ -11,6 +11,7 @@ use crate::atomic::{AnonymousDir, Dir};
 use crate::durability::{self, Durability};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{MaxSize, ObjectInfo};
+use crate::integrity::{self, Integrity};
 use crate::layout::{in_entry, DATA, LOCK_FILE};
 use crate::lock::{FileLock, LockKind, Wait};
 use crate::name::validate_name;
@@ -107,6 +108,7 @@ pub struct StoreGuard {
     /// The cache's version is unsupported: this is a staging entry.
     degraded: bool,
     pub(crate) durability: Durability,
+    pub(crate) integrity: Integrity,
 }
 
 impl fmt::Debug for StoreGuard {
@@ -169,6 +171,7 @@ impl FsCache {
             data,
             degraded,
             durability: self.durability(),
+            integrity: self.integrity(),
         })
     }
 }
@@ -180,6 +183,7 @@ impl StoreGuard {
         StoreGuard {
             data: entry.path().join(DATA),
             durability: cache.durability(),
+            integrity: cache.integrity(),
             cache,
             name: name.to_owned(),
             entry: Some(entry),
@@ -205,6 +209,11 @@ impl StoreGuard {
     /// The name the entry will be committed under.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The entry directory, until the guard lets go of it.
+    pub(crate) fn entry_dir(&self) -> Option<&crate::atomic::Dir> {
+        self.entry.as_ref().map(AnonymousDir::dir)
     }
 
     /// Commit the entry under its name.
@@ -260,7 +269,8 @@ impl StoreGuard {
             return Err(durability::spent(objects, &self.name));
         };
         let data = tree::open_dir(entry.dir().as_fd(), DATA).at(Op::Open, || self.data.clone())?;
-        let (size, sync) = durability::measure(data, &self.data, self.durability)?;
+        let (size, sync, digest) =
+            integrity::measure(data, &self.data, self.durability, self.integrity)?;
         crate::failpoint!("commit-after-measure");
         let info = cache.info();
         let max = info.effective_maximum();
@@ -272,6 +282,7 @@ impl StoreGuard {
             creation_boot_id: Some(cache.boot_id().to_owned()),
             size,
             durable: sync.is_durable(),
+            digest,
         };
         let accounted = cache
             .accounting()
