@@ -357,7 +357,7 @@ impl FsCache {
             OFlags::empty(),
             || objects.join(&rel),
         ) {
-            Ok(lock) => lock.released_by_close(),
+            Ok(lock) => lock,
             Err(e) if matches!(e, Error::WouldBlock { .. }) || e.is_not_a_file() => {
                 return Ok(Verification::NotFound)
             }

@@ -87,9 +87,7 @@ pub struct FileLock {
     fd: OwnedFd,
     kind: LockKind,
     path: PathBuf,
-    /// Whether dropping must release explicitly: cleared by
-    /// [`FileLock::unlock`], which has, and by
-    /// [`FileLock::released_by_close`].
+    /// Cleared by [`FileLock::unlock`], which has released already.
     held: bool,
     /// The file's status when the safe-open loop found it in place, so
     /// that callers need not ask again (its type, the last use it had).
@@ -334,15 +332,6 @@ impl FileLock {
     /// place; `None` for a lock taken on a descriptor of the caller's.
     pub(crate) fn locked_stat(&self) -> Option<&Stat> {
         self.locked_stat.as_ref()
-    }
-
-    /// Let dropping release the lock by closing the descriptor, saving the
-    /// explicit `F_UNLCK`. Only for locks where a forked child that keeps
-    /// a copy of the descriptor (and so the lock, until it exits or
-    /// execs) holds up nobody for long: a reader's shared lock.
-    pub(crate) fn released_by_close(mut self) -> Self {
-        self.held = false;
-        self
     }
 
     /// The kind of lock held.

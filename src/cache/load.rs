@@ -128,7 +128,7 @@ impl FsCache {
             name: name.to_owned(),
             data: objects.join(name).join(DATA),
             info,
-            lock: lock.released_by_close(),
+            lock,
         }))
     }
 }
@@ -155,7 +155,7 @@ impl LoadGuard {
             name: name.to_owned(),
             data: cache.objects().join(name).join(DATA),
             info,
-            lock: lock.released_by_close(),
+            lock,
         }
     }
 
