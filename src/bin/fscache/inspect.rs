@@ -220,8 +220,8 @@ pub fn ls(
     }
     if listing.invalid > 0 {
         warn_line(&format!(
-            "note: {} invalid entries not listed (`fscache sweep` removes them)",
-            listing.invalid
+            "note: {} not listed (`fscache sweep` removes what nobody holds)",
+            crate::output::count(listing.invalid, "invalid entry", "invalid entries")
         ));
     }
     Ok(())

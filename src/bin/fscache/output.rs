@@ -55,6 +55,11 @@ pub fn bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
 }
 
+/// `1 entry`, `2 entries`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// A maximum: `10.0 GiB` or `unlimited`.
 pub fn max(m: MaxSize) -> String {
     match m {
@@ -173,6 +178,8 @@ mod tests {
             "in the future"
         );
         assert_eq!(duration(Duration::from_secs(30 * 86400)), "30days");
+        assert_eq!(count(1, "entry", "entries"), "1 entry");
+        assert_eq!(count(0, "entry", "entries"), "0 entries");
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::args::Target;
 use crate::exit::{Failure, Status};
 use crate::open::Opener;
 use crate::output::{
-    bytes, duration, path_json, sweep_json, unremovable_json, warn_lockless, warn_unremovable, Out,
+    bytes, count, duration, path_json, sweep_json, unremovable_json, warn_lockless,
+    warn_unremovable, Out,
 };
 
 /// `fscache gc`.
@@ -78,11 +79,12 @@ pub fn gc(
     let orphans_verb = if dry_run { "to sweep" } else { "swept" };
     writeln!(
         out,
-        "{verb} {} entries, {}; {} in use and {} another user's kept; {orphans} orphans {orphans_verb}",
-        report.removed.len(),
+        "{verb} {}, {}; {} in use and {} another user's kept; {} {orphans_verb}",
+        count(report.removed.len() as u64, "entry", "entries"),
         bytes(report.freed),
         report.in_use,
         report.denied,
+        count(orphans, "orphan", "orphans"),
     )?;
     Ok(())
 }
@@ -155,12 +157,16 @@ pub fn clear(opener: &Opener, target: &Target, out: &mut Out) -> Result<(), Fail
     }
     writeln!(
         out,
-        "removed {} entries, {}; {} in use and {} another user's kept; {} orphans swept",
-        r.removed,
+        "removed {}, {}; {} in use and {} another user's kept; {} swept",
+        count(r.removed, "entry", "entries"),
         bytes(r.freed),
         r.in_use,
         r.denied,
-        r.sweep.orphan_dirs + r.sweep.orphan_files
+        count(
+            r.sweep.orphan_dirs + r.sweep.orphan_files,
+            "orphan",
+            "orphans"
+        ),
     )?;
     Ok(())
 }
@@ -178,11 +184,11 @@ pub fn sweep(opener: &Opener, target: &Target, out: &mut Out) -> Result<(), Fail
     }
     writeln!(
         out,
-        "removed {} orphan directories and {} temporary files ({} from earlier boots), {} invalid entries; gave back {}; {} in progress and {} another user's kept",
-        r.orphan_dirs,
-        r.orphan_files,
+        "removed {} and {} ({} from earlier boots), {}; gave back {}; {} in progress and {} another user's kept",
+        count(r.orphan_dirs, "orphan directory", "orphan directories"),
+        count(r.orphan_files, "temporary file", "temporary files"),
         r.from_previous_boot,
-        r.invalid_entries,
+        count(r.invalid_entries, "invalid entry", "invalid entries"),
         bytes(r.bytes_given_back),
         r.live,
         r.denied
