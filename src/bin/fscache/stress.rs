@@ -3,11 +3,25 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fscache::stress::{check, Rng, Workload};
 use fscache::{FsCache, MaxSize};
+
+use crate::exit::Status;
+use crate::output::Out;
+
+/// What the stress commands fail with.
+type Failed = Box<dyn std::error::Error>;
+
+/// `writeln!` to `out`, with a failed write (a closed pipe, say) as the
+/// boxed error the stress commands return.
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {
+        $out.say(format_args!($($arg)*))?
+    };
+}
 
 /// Options of `fscache stress`.
 #[derive(Debug, clap::Args)]
@@ -54,7 +68,7 @@ pub struct WorkerArgs {
 
 /// One worker: run the workload until time is up, then print its tally
 /// (`tally STORED TAKEN REFUSED HITS MISSES OTHER`) and any violations.
-pub fn worker(app_id: &str, args: &WorkerArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+pub fn worker(app_id: &str, args: &WorkerArgs, out: &mut Out) -> Result<Status, Failed> {
     let cache = FsCache::open(app_id, &args.dir)?;
     let workload = Workload {
         seed: args.seed,
@@ -63,13 +77,19 @@ pub fn worker(app_id: &str, args: &WorkerArgs) -> Result<ExitCode, Box<dyn std::
     };
     let t = workload.run(&cache, u64::MAX, Some(Duration::from_secs(args.seconds)))?;
     for v in &t.violations {
-        println!("violation {v}");
+        say!(out, "violation {v}");
     }
-    println!(
+    say!(
+        out,
         "tally {} {} {} {} {} {}",
-        t.stored, t.taken, t.refused, t.hits, t.misses, t.other
+        t.stored,
+        t.taken,
+        t.refused,
+        t.hits,
+        t.misses,
+        t.other
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Status::Ok)
 }
 
 fn spawn(app_id: &str, args: &Args, seed: u64, seconds: u64) -> std::io::Result<Child> {
@@ -117,10 +137,11 @@ fn reap(
 }
 
 /// The parent: start the workers, kill some on the way, check at the end.
-pub fn run(app_id: &str, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+pub fn run(app_id: &str, args: &Args, out: &mut Out) -> Result<Status, Failed> {
     let cache = FsCache::open(app_id, &args.dir)?;
     cache.set_maximum_size(MaxSize::Bytes(args.max_size))?;
-    println!(
+    say!(
+        out,
         "stress: {} processes x {}s on {} (maximum {} bytes, {} names, {} kills)",
         args.procs,
         args.seconds,
@@ -157,12 +178,16 @@ pub fn run(app_id: &str, args: &Args) -> Result<ExitCode, Box<dyn std::error::Er
         reap(child, &mut totals, &mut violations)?;
     }
     let [stored, taken, refused, hits, misses, other] = totals;
-    println!("commits: {stored} stored, {taken} name-taken, {refused} refused");
-    println!("loads:   {hits} hits (all verified), {misses} misses; {other} maintenance/staging operations");
-    println!("killed:  {killed} workers");
+    say!(
+        out,
+        "commits: {stored} stored, {taken} name-taken, {refused} refused"
+    );
+    say!(out, "loads:   {hits} hits (all verified), {misses} misses; {other} maintenance/staging operations");
+    say!(out, "killed:  {killed} workers");
     violations.extend(check(&cache, killed == 0)?);
     let stats = cache.stats()?;
-    println!(
+    say!(
+        out,
         "after:   {} entries, {} bytes accounted, {} measured, maximum {:?}",
         stats.entries,
         stats.accounted_bytes.unwrap_or(0),
@@ -170,12 +195,16 @@ pub fn run(app_id: &str, args: &Args) -> Result<ExitCode, Box<dyn std::error::Er
         stats.maximum
     );
     if violations.is_empty() {
-        println!("ok: no violation in {:.1}s", start.elapsed().as_secs_f64());
-        Ok(ExitCode::SUCCESS)
+        say!(
+            out,
+            "ok: no violation in {:.1}s",
+            start.elapsed().as_secs_f64()
+        );
+        Ok(Status::Ok)
     } else {
         for v in &violations {
-            println!("VIOLATION: {v}");
+            say!(out, "VIOLATION: {v}");
         }
-        Ok(ExitCode::from(1))
+        Ok(Status::Error)
     }
 }

@@ -1,0 +1,250 @@
+//! The command line: every subcommand and option, and the parsers of sizes
+//! and durations.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fscache::MaxSize;
+
+use crate::stress;
+
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  success (also when the reader of the output went away)
+  1  an error
+  2  a usage error (bad arguments, sizes, durations)
+  3  busy: another process holds the whole cache past --wait, or an entry
+     to evict is in use
+  4  not a cache: the directory is missing or has no cache.info (only
+     `fscache init` creates one)
+
+Every command but `stress` takes the cache directory as DIR, or from
+$FSCACHE_DIR. Sizes: bytes, or a number with K, M, G, T (powers of
+1024: 10M = 10MB = 10MiB; fractions such as 1.5G are allowed). Durations:
+45s, 90m, 1.5h, 30d, 1w (and combinations such as 1h30m).";
+
+/// Inspect, prune and stress an fscache (osbuild format version 1) cache.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = EXIT_STATUS)]
+pub struct Cli {
+    /// The application whose boot id tagged the entries: with it, `stats`
+    /// and `ls` tell this boot's entries from earlier ones (without it they
+    /// say "unknown"); `stress` tags its entries with it (default
+    /// `fscache`).
+    #[arg(long, global = true, value_name = "ID", value_parser = parse_app_id)]
+    pub app_id: Option<String>,
+    /// How long to wait while another process has the whole cache to
+    /// itself (e.g. `5s`, `2m`; `0`: not at all).
+    #[arg(long, global = true, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    pub wait: Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The cache a command works on, and how it reports.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The cache directory.
+    #[arg(env = "FSCACHE_DIR", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Print JSON (its schema is in the README) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a cache (the only command that does; the others refuse a
+    /// directory that is not a cache). On an existing cache it sets what
+    /// is given and changes nothing else.
+    Init {
+        #[command(flatten)]
+        target: Target,
+        /// The maximum size, or `unlimited` [default for a new cache:
+        /// 5 GiB].
+        #[arg(long, value_name = "SIZE", value_parser = parse_max)]
+        max_size: Option<MaxSize>,
+        /// The low watermark eviction frees down to, in percent of the
+        /// maximum (1-100) [default for a new cache: 90].
+        #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
+        low_watermark: Option<u8>,
+    },
+    /// Show what the cache holds: entries, bytes accounted, recorded and
+    /// measured, orphans.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the entries with their size, last use and boot.
+    Ls {
+        #[command(flatten)]
+        target: Target,
+        /// The order: least recently used first (the order eviction
+        /// follows), largest first, or by name.
+        #[arg(long, value_enum, default_value_t = Sort::LastUse)]
+        sort: Sort,
+        /// Show at most this many entries.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Show or change the configuration (`cache.info`).
+    Config {
+        #[command(flatten)]
+        target: Target,
+        /// Set the maximum size, or `unlimited`.
+        #[arg(long, value_name = "SIZE", value_parser = parse_max)]
+        max_size: Option<MaxSize>,
+        /// Set the low watermark eviction frees down to, in percent of the
+        /// maximum (1-100).
+        #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
+        low_watermark: Option<u8>,
+    },
+    /// Remove orphans, entries unused for too long, then least recently
+    /// used entries down to a size. Entries in use are kept.
+    Gc {
+        #[command(flatten)]
+        target: Target,
+        /// Remove least recently used entries until at most this much is
+        /// accounted.
+        #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+        max_size: Option<u64>,
+        /// Remove entries unused for longer than this.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        max_age: Option<Duration>,
+        /// Only say what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove the named entries (entries in use are kept: exit status 3).
+    #[command(override_usage = "fscache evict [OPTIONS] [DIR] -- <NAME>...")]
+    Evict {
+        #[command(flatten)]
+        target: Target,
+        /// Entry names, after `--` (so that DIR may come from
+        /// $FSCACHE_DIR).
+        #[arg(required = true, last = true, value_name = "NAME", value_parser = parse_name)]
+        names: Vec<String>,
+    },
+    /// Remove every entry that is not in use, and every orphan.
+    Clear {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove what crashed processes left behind.
+    Sweep {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Sweep, then recompute `cache.size` from the entries.
+    Resync {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run many processes of random work against a cache and check every
+    /// invariant at the end; exits non-zero on any violation.
+    Stress(stress::Args),
+    /// (internal) One stress worker process.
+    #[command(hide = true)]
+    StressWorker(stress::WorkerArgs),
+}
+
+/// The order of `fscache ls`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Sort {
+    /// Least recently used first.
+    LastUse,
+    /// Largest first.
+    Size,
+    /// By name.
+    Name,
+}
+
+/// Sizes in bytes: `512`, `64K`, `10M`, `10MB`, `10MiB`, `1.5G`. Every
+/// unit is a power of 1024, as `du`, `ls -h` and systemd read them and as
+/// the command prints them (`10M` shows as `10.0 MiB`, not `9.5 MiB`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| {
+            format!("{e} (a size is bytes, or a number with K, M, G or T, such as 10M or 1.5G)")
+        })
+}
+
+/// A maximum: a size, or `unlimited`.
+pub fn parse_max(s: &str) -> Result<MaxSize, String> {
+    if s.trim() == "unlimited" {
+        Ok(MaxSize::Unlimited)
+    } else {
+        parse_bytes(s).map(MaxSize::Bytes)
+    }
+}
+
+/// `45s`, `90m`, `1.5h`, `30d`, `1w`, `1h30m`, or `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| {
+        format!("{e} (a duration is a number with a unit, such as 45s, 1.5h, 30d or 1w)")
+    })
+}
+
+/// An entry name the cache can hold.
+fn parse_name(s: &str) -> Result<String, String> {
+    fscache::validate_name(s)
+        .map(str::to_owned)
+        .map_err(|e| e.to_string())
+}
+
+/// An application id may not be empty: it keys the boot id.
+fn parse_app_id(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("the application id may not be empty: it keys the boot id that tags entries".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_every_spelling_of_a_binary_unit_and_refuse_the_rest() {
+        assert_eq!(parse_bytes("512"), Ok(512));
+        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
+        for ten_mib in ["10M", "10MB", "10MiB", "10m", "10 MiB"] {
+            assert_eq!(parse_bytes(ten_mib), Ok(10 << 20), "{ten_mib}");
+        }
+        assert_eq!(parse_bytes("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_max("unlimited"), Ok(MaxSize::Unlimited));
+        assert_eq!(parse_max("2g"), Ok(MaxSize::Bytes(2 << 30)));
+        for bad in ["", "-1", "1X", "ten", "99999999999T", "10G!"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_take_fractions_and_weeks_and_refuse_bare_numbers() {
+        assert_eq!(parse_duration("45s"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert_eq!(parse_duration("1w"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "10", "-1s", "1x", "soon"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_application_id_is_a_usage_error() {
+        assert!(parse_app_id("").is_err());
+        assert_eq!(parse_app_id("osbuild"), Ok("osbuild".into()));
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
