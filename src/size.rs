@@ -152,6 +152,17 @@ pub(crate) fn read_unlocked(root: &Dir) -> Result<Option<u64>> {
     }
 }
 
+/// The size sections a commit holds from accounting its entry (or, after
+/// syncing it, again) until it has renamed it into place. Every change to
+/// which `object.info` files are in `objects/` and under which names then
+/// happens inside the section, so that a recount in it sees them all.
+#[must_use = "the size sections are left when this is dropped"]
+#[derive(Debug)]
+pub(crate) struct Held<'c> {
+    section: SizeLock<'c>,
+    up: Option<SizeLock<'c>>,
+}
+
 /// Give `size` back in a parent's section, if there is one.
 pub(crate) fn give_back_in(up: Option<&mut SizeLock<'_>>, size: u64) -> Result<()> {
     if let Some(up) = up {
@@ -162,15 +173,28 @@ pub(crate) fn give_back_in(up: Option<&mut SizeLock<'_>>, size: u64) -> Result<(
 }
 
 /// The sum of the `object.info` sizes of the entries in `objects`.
+///
+/// A commit renames its entry into place outside the size section (ours
+/// after it accounted, osbuild's whenever it does), and a listing taken
+/// during a rename may show the entry under neither name; reading the
+/// `object.info` of a name listed just before its rename finds nothing.
+/// So the directory is listed twice, and what the second listing shows
+/// that the first did not is counted too: an entry is missed only if it is
+/// renamed twice in that time, and one listed under both names is counted
+/// twice, which overcounts but never undercounts.
 fn sum_infos(objects: &Dir) -> Result<u64> {
     let mut total = 0u64;
-    for (name, kind) in crate::tree::list(objects)? {
-        if kind != FileType::Directory {
-            continue;
-        }
-        let rel = in_entry(&name, OBJECT_INFO);
-        if let Some(info) = read_info(objects.as_fd(), &rel, &objects.join(&rel))? {
-            total = total.saturating_add(info.size);
+    let mut seen = std::collections::HashSet::new();
+    for pass in 0..2 {
+        for (name, kind) in crate::tree::list(objects)? {
+            if kind != FileType::Directory || (pass == 1 && seen.contains(&name)) {
+                continue;
+            }
+            let rel = in_entry(&name, OBJECT_INFO);
+            if let Some(info) = read_info(objects.as_fd(), &rel, &objects.join(&rel))? {
+                total = total.saturating_add(info.size);
+            }
+            seen.insert(name);
         }
     }
     Ok(total)
@@ -399,21 +423,22 @@ impl<'c> Accounting<'c> {
 
     /// In the size critical section: add `info.size` to `cache.size` (making
     /// room with `evict` if needed) and write the entry's `object.info`.
-    /// Returns false if it does not fit. The size goes up before
-    /// `object.info` appears, so a crash in between overcounts but never
-    /// undercounts.
+    /// Returns `None` if it does not fit, else the sections still held, for
+    /// the caller to rename the entry into place inside them (see
+    /// [`Held`]). The size goes up before `object.info` appears, so a crash
+    /// in between overcounts but never undercounts.
     pub(crate) fn account(
         &self,
         entry: &AnonymousDir,
         info: &ObjectInfo,
         cfg: &CacheInfo,
         evict: impl FnMut(u64) -> Result<usize>,
-    ) -> Result<bool> {
+    ) -> Result<Option<Held<'c>>> {
         let mut evict = evict;
         let mut rounds = 0;
         let (mut section, mut up) = loop {
             let Some(section) = self.make_room(info.size, cfg, &mut evict)? else {
-                return Ok(false);
+                return Ok(None);
             };
             if let Some(up) = self.reserve_up(info.size)? {
                 break (section, up);
@@ -423,7 +448,7 @@ impl<'c> Accounting<'c> {
             drop(section);
             rounds += 1;
             if rounds > EVICTION_ROUNDS || evict(info.size)? == 0 {
-                return Ok(false);
+                return Ok(None);
             }
         };
         let mut above = 0;
@@ -450,22 +475,35 @@ impl<'c> Accounting<'c> {
             }
             return Err(e);
         }
-        Ok(true)
+        Ok(Some(Held { section, up }))
+    }
+
+    /// Enter the section (and a namespace's parent's) to hold across a
+    /// rename into place.
+    pub(crate) fn hold(&self) -> Result<Held<'c>> {
+        let section = self.section()?;
+        let up = self.up_section()?;
+        Ok(Held { section, up })
+    }
+
+    /// In the sections `held`: unlink the `object.info` of the entry `dir`
+    /// and give `size` back, if it had one. Returns the bytes given back.
+    pub(crate) fn give_back_held(&self, held: &mut Held<'c>, dir: &Dir, size: u64) -> Result<u64> {
+        let current = held.section.value()?;
+        if !unlink_info(dir)? {
+            return Ok(0);
+        }
+        crate::failpoint!("give-back-after-info-unlink");
+        held.section.set(current.saturating_sub(size))?;
+        give_back_in(held.up.as_mut(), size)?;
+        Ok(size)
     }
 
     /// In the size critical section: unlink the `object.info` of the entry
     /// `dir` and give `size` back, if it had one. Returns the bytes given
     /// back.
     pub(crate) fn give_back(&self, dir: &Dir, size: u64) -> Result<u64> {
-        let mut section = self.section()?;
-        let current = section.value()?;
-        let mut up = self.up_section()?;
-        if !unlink_info(dir)? {
-            return Ok(0);
-        }
-        crate::failpoint!("give-back-after-info-unlink");
-        section.set(current.saturating_sub(size))?;
-        give_back_in(up.as_mut(), size)?;
-        Ok(size)
+        let mut held = self.hold()?;
+        self.give_back_held(&mut held, dir, size)
     }
 }

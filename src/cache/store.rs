@@ -284,17 +284,25 @@ impl StoreGuard {
             durable: sync.is_durable(),
             digest,
         };
-        let accounted = cache
-            .accounting()
-            .account(entry, &object_info, &info, |want| cache.evict_lru(want))?;
-        if !accounted {
+        let accounting = cache.accounting();
+        let accounted =
+            accounting.account(entry, &object_info, &info, |want| cache.evict_lru(want))?;
+        let Some(mut held) = accounted else {
             self.settle(keep);
             return Ok((Commit::NoRoom { size }, None));
-        }
+        };
         crate::failpoint!("commit-after-info");
-        sync.before_publish(cache, entry, size)?;
+        if sync.is_durable() {
+            // Syncing takes time: nobody waits on the size section for it.
+            drop(held);
+            sync.before_publish(cache, entry, size)?;
+            held = accounting.hold()?;
+        }
+        // The rename happens in the section, so that a recount there never
+        // finds the entry under neither name.
         match objects.rename_dir_noreplace(entry.name(), &self.name) {
             Ok(()) => {
+                drop(held);
                 crate::failpoint!("commit-after-rename");
                 // Committed: releasing the lock publishes it.
                 let published = match self.entry.take() {
@@ -309,12 +317,13 @@ impl StoreGuard {
                 Ok((Commit::Stored { size }, published.transpose()?))
             }
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => {
-                cache.accounting().give_back(entry.dir(), size)?;
+                accounting.give_back_held(&mut held, entry.dir(), size)?;
+                drop(held);
                 self.settle(keep);
                 Ok((Commit::NameTaken, None))
             }
             Err(e) => {
-                cache.accounting().give_back(entry.dir(), size)?;
+                accounting.give_back_held(&mut held, entry.dir(), size)?;
                 Err(Error::Rename {
                     from: entry.path().to_owned(),
                     to: objects.join(&self.name),
