@@ -303,8 +303,8 @@ pub use integrity::{Digest, Integrity, Verification};
 pub use layout::ROOT_LAYOUT;
 pub use lock::Wait;
 pub use maint::{
-    ClearReport, Eviction, GcOptions, GcReport, Reason, Removed, ResyncReport, Stats, SweepReport,
-    Unremovable,
+    ClearReport, EntryInfo, Eviction, GcOptions, GcReport, Listing, Reason, Removed, ResyncReport,
+    Stats, SweepReport, Unremovable,
 };
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use tree::Copied;

@@ -3,12 +3,14 @@
 //! only removed under its exclusive lock, taken without waiting, so an
 //! entry in use is skipped, never disturbed.
 
+mod entries;
 mod gc;
 mod scan;
 mod stats;
 mod sweep;
 mod victim;
 
+pub use entries::{EntryInfo, Listing};
 pub use gc::{ClearReport, Eviction, GcOptions, GcReport, Reason, Removed};
 pub use stats::{ResyncReport, Stats};
 pub use sweep::{SweepReport, Unremovable};

@@ -869,3 +869,52 @@ fn ls_lists_only_valid_entries_and_counts_the_rest_without_following_links() -> 
     );
     Ok(())
 }
+
+#[test]
+fn put_copies_a_tree_in_get_copies_it_out_and_verify_checks_its_digest() -> TestResult {
+    let (_t, root) = new_cache(MaxSize::Unlimited);
+    let dir = s(&root);
+    let src = tempfile::tempdir()?;
+    std::fs::create_dir(src.path().join("sub"))?;
+    std::fs::write(src.path().join("sub/file"), "content")?;
+    std::os::unix::fs::symlink("/etc/hostname", src.path().join("link"))?;
+    let from = s(src.path());
+
+    let out = expect(
+        0,
+        &["put", dir, "--name", "tree", "--from", from, "--digest"],
+    );
+    assert!(stdout(&out).contains("tree: stored"), "{}", stdout(&out));
+    // A taken name is no error.
+    let again = json(&["put", dir, "--name", "tree", "--from", from]);
+    assert_eq!(again["outcome"], "name_taken", "{again}");
+
+    let dest = tempfile::tempdir()?;
+    let to = dest.path().join("out");
+    expect(0, &["get", dir, "--name", "tree", "--to", s(&to)]);
+    assert_eq!(std::fs::read_to_string(to.join("sub/file"))?, "content");
+    assert_eq!(
+        std::fs::read_link(to.join("link"))?,
+        Path::new("/etc/hostname"),
+        "a link is copied as a link"
+    );
+    // DEST must not exist; a miss creates nothing.
+    expect(1, &["get", dir, "--name", "tree", "--to", s(&to)]);
+    let missing = dest.path().join("never");
+    let out = expect(1, &["get", dir, "--name", "absent", "--to", s(&missing)]);
+    assert!(
+        stdout(&out).contains("not in the cache"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!missing.exists());
+
+    let verdict = json(&["verify", dir]);
+    assert_eq!(verdict["results"][0]["name"], "tree");
+    assert_eq!(verdict["results"][0]["outcome"], "intact", "{verdict}");
+    // Damage a file of the committed entry: verify says so, exit 1.
+    std::fs::write(root.join("objects/tree/data/sub/file"), "tampered")?;
+    let out = expect(1, &["verify", dir, "--", "tree"]);
+    assert!(stdout(&out).contains("MISMATCH"), "{}", stdout(&out));
+    Ok(())
+}

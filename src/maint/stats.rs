@@ -56,7 +56,7 @@ pub struct ResyncReport {
     pub sweep: crate::SweepReport,
 }
 
-fn to_time(sec: i64, nsec: i64) -> SystemTime {
+pub(crate) fn to_time(sec: i64, nsec: i64) -> SystemTime {
     match u64::try_from(sec) {
         Ok(sec) => UNIX_EPOCH + Duration::new(sec, nsec.clamp(0, 999_999_999) as u32),
         Err(_) => UNIX_EPOCH,

@@ -126,6 +126,45 @@ pub enum Command {
         #[arg(required = true, last = true, value_name = "NAME", value_parser = parse_name)]
         names: Vec<String>,
     },
+    /// Copy a file or a directory tree into the cache as the entry NAME
+    /// (sharing blocks where the file system can). A taken name is no
+    /// error; an entry the cache will not keep (too large, no room) is.
+    Put {
+        #[command(flatten)]
+        target: Target,
+        /// The entry's name.
+        #[arg(long, value_name = "NAME", value_parser = parse_name)]
+        name: String,
+        /// The file or directory to copy in (links in it are copied as
+        /// links, never followed).
+        #[arg(long, value_name = "PATH")]
+        from: PathBuf,
+        /// Record a digest of the entry, for `fscache verify`.
+        #[arg(long)]
+        digest: bool,
+    },
+    /// Copy the entry NAME out to DEST, a path that must not exist yet.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        /// The entry's name.
+        #[arg(long, value_name = "NAME", value_parser = parse_name)]
+        name: String,
+        /// Where to copy it (created; refused if it exists).
+        #[arg(long, value_name = "DEST")]
+        to: PathBuf,
+    },
+    /// Check entries against the digest recorded when they were committed
+    /// (`put --digest`); all entries without names. Exit status 1 if one
+    /// does not match.
+    #[command(override_usage = "fscache verify [OPTIONS] [DIR] [-- <NAME>...]")]
+    Verify {
+        #[command(flatten)]
+        target: Target,
+        /// Entry names, after `--`.
+        #[arg(last = true, value_name = "NAME", value_parser = parse_name)]
+        names: Vec<String>,
+    },
     /// Remove every entry that is not in use, and every orphan.
     Clear {
         #[command(flatten)]

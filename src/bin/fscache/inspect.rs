@@ -7,10 +7,11 @@ use fscache::{CacheInfo, ErrorKind, FsCache, MaxSize, DEFAULT_MAXIMUM};
 use serde_json::{json, Value};
 
 use crate::args::{Sort, Target};
-use crate::entries::{self, Boot, Entry};
+use crate::entries::Boot;
 use crate::exit::{warn_line, Failure};
 use crate::open::{warn_about_info, Opener};
 use crate::output::{ago, bytes, max, max_json, path_json, time_json, Out};
+use fscache::EntryInfo as Entry;
 
 /// `fscache init`: create the cache, or set what is given on one that
 /// exists.
@@ -71,7 +72,7 @@ pub fn stats(opener: &Opener, target: &Target, out: &mut Out) -> Result<(), Fail
     // like `ls`, an entry without a boot id belongs to neither side.
     let (this, earlier) = match this_boot(opener, &cache) {
         Some(this) => {
-            let listing = entries::list(cache.path())?;
+            let listing = cache.entries()?;
             let count = |b| {
                 listing
                     .entries
@@ -160,7 +161,7 @@ pub fn ls(
     out: &mut Out,
 ) -> Result<(), Failure> {
     let cache = opener.open(&target.dir)?;
-    let listing = entries::list(cache.path())?;
+    let listing = cache.entries()?;
     let total = listing.entries.len();
     let mut shown = listing.entries;
     match sort {

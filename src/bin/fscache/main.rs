@@ -3,7 +3,8 @@
 //! The modules: `args` (the command line), `open` (opening a cache and
 //! the warnings about its `cache.info`), `entries` (the listing behind
 //! `ls`), `inspect` (`init`, `stats`, `ls`, `config`), `prune` (`gc`,
-//! `evict`, `clear`, `sweep`, `resync`), `stress`, `output` (a writer that
+//! `evict`, `clear`, `sweep`, `resync`), `transfer` (`put`, `get`,
+//! `verify`), `stress`, `output` (a writer that
 //! ends quietly on a closed pipe, human units, shared JSON pieces) and
 //! `exit` (exit statuses and error messages).
 
@@ -15,6 +16,7 @@ mod open;
 mod output;
 mod prune;
 mod stress;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -54,6 +56,14 @@ fn run(cli: Cli, out: &mut Out) -> Result<Status, Failure> {
             dry_run,
         } => prune::gc(&opener, target, *max_size, *max_age, *dry_run, out)?,
         Command::Evict { target, names } => return prune::evict(&opener, target, names, out),
+        Command::Put {
+            target,
+            name,
+            from,
+            digest,
+        } => return transfer::put(&opener, target, name, from, *digest, out),
+        Command::Get { target, name, to } => return transfer::get(&opener, target, name, to, out),
+        Command::Verify { target, names } => return transfer::verify(&opener, target, names, out),
         Command::Clear { target } => prune::clear(&opener, target, out)?,
         Command::Sweep { target } => prune::sweep(&opener, target, out)?,
         Command::Resync { target } => prune::resync(&opener, target, out)?,

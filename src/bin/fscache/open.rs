@@ -50,6 +50,14 @@ impl Opener {
         Ok(cache)
     }
 
+    /// Open the existing cache at `dir` with `options` (from
+    /// [`Opener::options`]), and warn about its `cache.info`.
+    pub fn open_with(&self, options: &OpenOptions, dir: &Path) -> Result<FsCache, Failure> {
+        let cache = options.open(self.app_id(), dir)?;
+        warn_about_info(&cache);
+        Ok(cache)
+    }
+
     /// Open the existing cache at `dir`, for a command that warns itself
     /// (after changing the configuration, say).
     pub fn open_unwarned(&self, dir: &Path) -> Result<FsCache, Failure> {
