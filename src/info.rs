@@ -16,6 +16,9 @@ pub const VERSION_MINIMUM: i64 = 1;
 /// Our extension key: the low watermark as a percentage of the maximum.
 /// Version-1 readers (osbuild) ignore it.
 pub const LOW_WATERMARK_KEY: &str = "fscache-low-watermark-percent";
+/// Our extension key: the free space in bytes that commits keep on the
+/// file system (0 or missing: no floor). Version-1 readers ignore it.
+pub const MIN_FREE_KEY: &str = "fscache-min-free-bytes";
 /// The low watermark when `cache.info` sets none.
 pub const DEFAULT_LOW_WATERMARK_PERCENT: u8 = 90;
 
@@ -69,6 +72,10 @@ pub struct CacheInfo {
     pub creation_boot_id: Option<String>,
     /// Our extension: the low watermark in percent of the maximum (1..=100).
     pub low_watermark_percent: Option<u8>,
+    /// Our extension: the free space (bytes) a commit leaves on the file
+    /// system at least, evicting to keep it, or finding no room
+    /// ([`MIN_FREE_KEY`]).
+    pub min_free_bytes: Option<u64>,
 }
 
 impl CacheInfo {
@@ -98,6 +105,7 @@ impl CacheInfo {
                 .and_then(Value::as_u64)
                 .filter(|p| (1..=100).contains(p))
                 .map(|p| p as u8),
+            min_free_bytes: map.get(MIN_FREE_KEY).and_then(Value::as_u64),
         }
     }
 
@@ -185,6 +193,9 @@ impl CacheInfo {
         }
         if let Some(p) = self.low_watermark_percent {
             map.insert(LOW_WATERMARK_KEY.into(), Value::from(p));
+        }
+        if let Some(b) = self.min_free_bytes {
+            map.insert(MIN_FREE_KEY.into(), Value::from(b));
         }
         serde_json::to_vec(&Value::Object(map)).ok()
     }

@@ -116,6 +116,13 @@
 //! healthy cache never makes one. Sums of sizes never overflow: a size past
 //! [`MAX_ENTRY_SIZE`] makes its entry invalid, and totals saturate.
 //!
+//! **A free-space floor** ([`CacheInfo::min_free_bytes`], key
+//! [`MIN_FREE_KEY`] in `cache.info`, `fscache init --min-free`) makes a
+//! commit that would leave less free space on the file system evict least
+//! recently used entries first, or find no room, whatever the maximum: an
+//! unlimited cache then no longer fills its disk. Without a floor it costs
+//! nothing; with one, a `statvfs` per commit.
+//!
 //! **Across a reboot** locks vanish with the processes; entries stay, tagged
 //! with the boot id that made them, so callers can tell old from new (see
 //! [`EarlierBoot`] and *Durability* below for a power cut).
@@ -297,7 +304,7 @@ pub use durability::{Durability, EarlierBoot};
 pub use error::{Error, ErrorKind, Op, Result};
 pub use info::{
     parse_size, CacheInfo, MaxSize, ObjectInfo, DEFAULT_LOW_WATERMARK_PERCENT, DIGEST_KEY,
-    DURABLE_KEY, LOW_WATERMARK_KEY, MAX_ENTRY_SIZE, VERSION_CURRENT, VERSION_MINIMUM,
+    DURABLE_KEY, LOW_WATERMARK_KEY, MAX_ENTRY_SIZE, MIN_FREE_KEY, VERSION_CURRENT, VERSION_MINIMUM,
 };
 pub use integrity::{Digest, Integrity, Verification};
 pub use layout::ROOT_LAYOUT;

@@ -163,6 +163,23 @@ pub(crate) struct Held<'c> {
     up: Option<SizeLock<'c>>,
 }
 
+/// How much to evict so that the cache ends at the low watermark with an
+/// entry of `size` in it, so the stores that follow fit without a scan; if
+/// the entry alone passes the watermark, just enough to fit it.
+fn free_to_watermark(current: u64, size: u64, max: u64, cfg: &CacheInfo) -> u64 {
+    let low = match cfg.low_watermark() {
+        MaxSize::Bytes(low) => low,
+        MaxSize::Unlimited => max,
+    };
+    let target = if low >= size {
+        low - size
+    } else {
+        max.saturating_sub(size)
+    };
+    let need = current.saturating_add(size).saturating_sub(max);
+    current.saturating_sub(target).max(need)
+}
+
 /// Give `size` back in a parent's section, if there is one.
 pub(crate) fn give_back_in(up: Option<&mut SizeLock<'_>>, size: u64) -> Result<()> {
     if let Some(up) = up {
@@ -379,46 +396,60 @@ impl<'c> Accounting<'c> {
         cfg: &CacheInfo,
         mut evict: impl FnMut(u64) -> Result<usize>,
     ) -> Result<Option<SizeLock<'c>>> {
-        let MaxSize::Bytes(max) = cfg.effective_maximum() else {
-            return self.section().map(Some);
-        };
         // Others may take the room we free before we get back into the
         // section: try again while eviction makes progress, a few times.
         let mut rounds = 0;
         loop {
             let mut section = self.section()?;
             let current = section.value()?;
-            if current.saturating_add(size) <= max {
+            let over = match cfg.effective_maximum() {
+                MaxSize::Bytes(max) => current.saturating_add(size).saturating_sub(max),
+                MaxSize::Unlimited => 0,
+            };
+            let below = self.below_floor(cfg)?;
+            if over == 0 && below == 0 {
                 return Ok(Some(section));
             }
             if rounds == EVICTION_ROUNDS {
                 // Nothing (more) to evict: the total may be phantom, left
-                // by crashes. Recount, if this handle has not just done so.
-                if self.gate.admit() && self.heal(&mut section)?.saturating_add(size) <= max {
+                // by crashes. Recount, if this handle has not just done so
+                // (a recount frees no disk space, so not for the floor).
+                if over > 0
+                    && below == 0
+                    && self.gate.admit()
+                    && cfg
+                        .effective_maximum()
+                        .admits(self.heal(&mut section)?.saturating_add(size))
+                {
                     return Ok(Some(section));
                 }
                 return Ok(None);
             }
             drop(section);
-            // Free enough that the cache ends at the low watermark with
-            // this entry in it, so the stores that follow fit without a
-            // scan; if the entry alone passes the watermark, free to fit.
-            let low = match cfg.low_watermark() {
-                MaxSize::Bytes(low) => low,
-                MaxSize::Unlimited => max,
+            let want = match cfg.effective_maximum() {
+                MaxSize::Bytes(max) if over > 0 => free_to_watermark(current, size, max, cfg),
+                _ => 0,
             };
-            let target = if low >= size {
-                low - size
-            } else {
-                max.saturating_sub(size)
-            };
-            let need = current.saturating_add(size).saturating_sub(max);
-            if evict(current.saturating_sub(target).max(need))? == 0 {
+            if evict(want.max(below))? == 0 {
                 rounds = EVICTION_ROUNDS;
             } else {
                 rounds += 1;
             }
         }
+    }
+
+    /// How far the file system's free space is below the cache's floor
+    /// ([`CacheInfo::min_free_bytes`]); 0 without a floor, at no cost.
+    /// The entry being committed is on the disk already, so what is free
+    /// now is what is left once it is in.
+    fn below_floor(&self, cfg: &CacheInfo) -> Result<u64> {
+        let Some(floor) = cfg.min_free_bytes.filter(|f| *f > 0) else {
+            return Ok(0);
+        };
+        let st =
+            rustix::fs::fstatvfs(self.objects).at(Op::Stat, || self.objects.path().to_owned())?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        Ok(floor.saturating_sub(free))
     }
 
     /// In the size critical section: add `info.size` to `cache.size` (making

@@ -206,6 +206,7 @@ const CONFIG: Schema = &[
     ("low_watermark_percent", &[T::Int]),
     ("low_watermark_bytes", &[T::Int, T::Null]),
     ("creation_boot_id", &[T::Str, T::Null]),
+    ("min_free_bytes", &[T::Int, T::Null]),
     ("warnings", &[T::Arr]),
 ];
 
@@ -216,6 +217,7 @@ const INIT: Schema = &[
     ("low_watermark_percent", &[T::Int]),
     ("low_watermark_bytes", &[T::Int, T::Null]),
     ("creation_boot_id", &[T::Str, T::Null]),
+    ("min_free_bytes", &[T::Int, T::Null]),
     ("warnings", &[T::Arr]),
     ("created", &[T::Bool]),
 ];

@@ -984,3 +984,63 @@ fn a_commit_that_cannot_remove_its_discarded_entry_reports_the_outcome_and_never
     assert_exact(&root);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// A free-space floor.
+// ---------------------------------------------------------------------------
+
+fn free_bytes(path: &Path) -> u64 {
+    let st = rustix::fs::statvfs(path).expect("statvfs");
+    st.f_bavail * st.f_frsize
+}
+
+/// Without a floor an unlimited cache fills its file system until a store
+/// cannot even write its data; with one, commits evict so that the free
+/// space stays above it, and every store succeeds.
+#[test]
+fn a_free_space_floor_keeps_an_unlimited_cache_from_filling_its_file_system() -> TestResult {
+    let Some(fs) = Tmpfs::mount("free-space floor test", "size=4m") else {
+        return Ok(());
+    };
+    let root = fs.path().join("cache");
+    let floor: u64 = 1 << 20;
+    let cache = fscache::OpenOptions::new()
+        .maximum_size(MaxSize::Unlimited)
+        .open(APP, &root)?;
+    cache.update_info(&fscache::CacheInfo {
+        min_free_bytes: Some(floor),
+        ..Default::default()
+    })?;
+    for i in 0..24 {
+        let name = format!("e{i}");
+        let outcome = put(&cache, &name, 256 << 10)?;
+        assert!(outcome.is_stored(), "{name}: {outcome}");
+        let free = free_bytes(fs.path());
+        // What a commit checks is the space left with its entry written;
+        // only its object.info comes after.
+        assert!(
+            free + (8 << 10) >= floor,
+            "{name}: {free} bytes free, below the floor of {floor}"
+        );
+    }
+    let stats = cache.stats()?;
+    assert!(stats.entries < 24, "older entries were evicted: {stats:?}");
+    let hit = cache.load("e23")?;
+    assert!(hit.is_some(), "the newest entry is kept");
+    drop(hit);
+    assert_exact(&root);
+    // Without the floor the same stores run the file system out of space.
+    cache.update_info(&fscache::CacheInfo {
+        min_free_bytes: Some(0),
+        ..Default::default()
+    })?;
+    let filled = (24..48).any(|i| {
+        let Ok(entry) = cache.store(&format!("f{i}")) else {
+            return true;
+        };
+        std::fs::write(entry.path().join("f"), payload("f", 256 << 10)).is_err()
+            || entry.commit().is_err()
+    });
+    assert!(filled, "without the floor the file system fills up");
+    Ok(())
+}

@@ -53,6 +53,34 @@ pub struct Target {
     pub json: bool,
 }
 
+/// What `init` and `config` set in `cache.info`.
+#[derive(Debug, clap::Args)]
+pub struct Settings {
+    /// The maximum size, or `unlimited` [default for a new cache: 5 GiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_max)]
+    pub max_size: Option<MaxSize>,
+    /// The low watermark eviction frees down to, in percent of the
+    /// maximum (1-100) [default: 90].
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub low_watermark: Option<u8>,
+    /// The free space to leave on the file system: a commit that would
+    /// leave less evicts, or finds no room (`0`: no floor).
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub min_free: Option<u64>,
+}
+
+impl Settings {
+    /// The update these settings make to `cache.info`.
+    pub fn update(&self) -> fscache::CacheInfo {
+        fscache::CacheInfo {
+            maximum_size: self.max_size,
+            low_watermark_percent: self.low_watermark,
+            min_free_bytes: self.min_free,
+            ..fscache::CacheInfo::default()
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a cache (the only command that does; the others refuse a
@@ -61,14 +89,8 @@ pub enum Command {
     Init {
         #[command(flatten)]
         target: Target,
-        /// The maximum size, or `unlimited` [default for a new cache:
-        /// 5 GiB].
-        #[arg(long, value_name = "SIZE", value_parser = parse_max)]
-        max_size: Option<MaxSize>,
-        /// The low watermark eviction frees down to, in percent of the
-        /// maximum (1-100) [default for a new cache: 90].
-        #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
-        low_watermark: Option<u8>,
+        #[command(flatten)]
+        settings: Settings,
     },
     /// Show what the cache holds: entries, bytes accounted, recorded and
     /// measured, orphans.
@@ -92,13 +114,8 @@ pub enum Command {
     Config {
         #[command(flatten)]
         target: Target,
-        /// Set the maximum size, or `unlimited`.
-        #[arg(long, value_name = "SIZE", value_parser = parse_max)]
-        max_size: Option<MaxSize>,
-        /// Set the low watermark eviction frees down to, in percent of the
-        /// maximum (1-100).
-        #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
-        low_watermark: Option<u8>,
+        #[command(flatten)]
+        settings: Settings,
     },
     /// Remove orphans, entries unused for too long, then least recently
     /// used entries down to a size. Entries in use are kept.

@@ -3,10 +3,10 @@
 
 use std::time::SystemTime;
 
-use fscache::{CacheInfo, ErrorKind, FsCache, MaxSize, DEFAULT_MAXIMUM};
+use fscache::{CacheInfo, ErrorKind, FsCache, DEFAULT_MAXIMUM};
 use serde_json::{json, Value};
 
-use crate::args::{Sort, Target};
+use crate::args::{Settings, Sort, Target};
 use crate::entries::Boot;
 use crate::exit::{warn_line, Failure};
 use crate::open::{warn_about_info, Opener};
@@ -18,15 +18,10 @@ use fscache::EntryInfo as Entry;
 pub fn init(
     opener: &Opener,
     target: &Target,
-    max_size: Option<MaxSize>,
-    low_watermark: Option<u8>,
+    settings: &Settings,
     out: &mut Out,
 ) -> Result<(), Failure> {
-    let update = CacheInfo {
-        maximum_size: max_size,
-        low_watermark_percent: low_watermark,
-        ..CacheInfo::default()
-    };
+    let update = settings.update();
     let (cache, created) = match opener.options().open(opener.app_id(), &target.dir) {
         Ok(cache) => {
             if update != CacheInfo::default() {
@@ -38,11 +33,15 @@ pub fn init(
             let mut options = opener.options();
             options
                 .create(true)
-                .maximum_size(max_size.unwrap_or(DEFAULT_MAXIMUM));
-            if let Some(percent) = low_watermark {
+                .maximum_size(settings.max_size.unwrap_or(DEFAULT_MAXIMUM));
+            if let Some(percent) = settings.low_watermark {
                 options.low_watermark_percent(percent);
             }
-            (options.open(opener.app_id(), &target.dir)?, true)
+            let cache = options.open(opener.app_id(), &target.dir)?;
+            if settings.min_free.is_some() {
+                cache.update_info(&update)?;
+            }
+            (cache, true)
         }
         Err(e) => return Err(e.into()),
     };
@@ -243,17 +242,13 @@ fn entry_json(e: &Entry, this_boot: Option<&str>) -> Value {
 pub fn config(
     opener: &Opener,
     target: &Target,
-    max_size: Option<MaxSize>,
-    low_watermark: Option<u8>,
+    settings: &Settings,
     out: &mut Out,
 ) -> Result<(), Failure> {
     let cache = opener.open_unwarned(&target.dir)?;
-    let info = if max_size.is_some() || low_watermark.is_some() {
-        cache.update_info(&CacheInfo {
-            maximum_size: max_size,
-            low_watermark_percent: low_watermark,
-            ..CacheInfo::default()
-        })?
+    let update = settings.update();
+    let info = if update != CacheInfo::default() {
+        cache.update_info(&update)?
     } else {
         cache.info()
     };
@@ -278,6 +273,11 @@ fn print_config(info: &CacheInfo, out: &mut Out) -> Result<(), Failure> {
         percent(info),
         max(info.low_watermark())
     )?;
+    let floor = info
+        .min_free_bytes
+        .filter(|f| *f > 0)
+        .map_or("none".into(), bytes);
+    writeln!(out, "free-space floor: {floor}")?;
     writeln!(
         out,
         "boot id:        {}",
@@ -299,6 +299,7 @@ fn config_json(cache: &FsCache, info: &CacheInfo, warnings: &[String]) -> Value 
         "low_watermark_percent": percent(info),
         "low_watermark_bytes": max_json(info.low_watermark()),
         "creation_boot_id": info.creation_boot_id,
+        "min_free_bytes": info.min_free_bytes.filter(|f| *f > 0),
         "warnings": warnings,
     })
 }

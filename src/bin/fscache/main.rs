@@ -33,22 +33,14 @@ fn run(cli: Cli, out: &mut Out) -> Result<Status, Failure> {
         wait: cli.wait,
     };
     match &cli.command {
-        Command::Init {
-            target,
-            max_size,
-            low_watermark,
-        } => inspect::init(&opener, target, *max_size, *low_watermark, out)?,
+        Command::Init { target, settings } => inspect::init(&opener, target, settings, out)?,
         Command::Stats { target } => inspect::stats(&opener, target, out)?,
         Command::Ls {
             target,
             sort,
             limit,
         } => inspect::ls(&opener, target, *sort, *limit, out)?,
-        Command::Config {
-            target,
-            max_size,
-            low_watermark,
-        } => inspect::config(&opener, target, *max_size, *low_watermark, out)?,
+        Command::Config { target, settings } => inspect::config(&opener, target, settings, out)?,
         Command::Gc {
             target,
             max_size,
