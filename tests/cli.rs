@@ -920,3 +920,22 @@ fn put_copies_a_tree_in_get_copies_it_out_and_verify_checks_its_digest() -> Test
     assert!(stdout(&out).contains("MISMATCH"), "{}", stdout(&out));
     Ok(())
 }
+
+#[test]
+fn completions_and_the_manual_page_come_from_the_command_line_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = expect(0, &["completions", shell]);
+        let script = stdout(&out);
+        assert!(
+            script.contains("fscache") && script.contains("put") && script.contains("max-size"),
+            "{shell}: {script:.200}"
+        );
+    }
+    let man = stdout(&expect(0, &["man"]));
+    assert!(man.contains(".TH fscache 1"), "{man:.200}");
+    assert!(
+        man.contains("init") && man.contains("verify"),
+        "subcommands listed"
+    );
+    expect(2, &["completions", "no-such-shell"]);
+}

@@ -197,6 +197,15 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print a completion script for SHELL (for example
+    /// `fscache completions bash > /etc/bash_completion.d/fscache`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), for `man -l -` or `/usr/share/man/man1`.
+    Man,
     /// Run many processes of random work against a cache and check every
     /// invariant at the end; exits non-zero on any violation.
     Stress(stress::Args),

@@ -59,6 +59,19 @@ fn run(cli: Cli, out: &mut Out) -> Result<Status, Failure> {
         Command::Clear { target } => prune::clear(&opener, target, out)?,
         Command::Sweep { target } => prune::sweep(&opener, target, out)?,
         Command::Resync { target } => prune::resync(&opener, target, out)?,
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "fscache", &mut text);
+            out.write_bytes(&text)?;
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut text)
+                .map_err(Failure::from_write)?;
+            out.write_bytes(&text)?;
+        }
         Command::Stress(args) => {
             return stress::run(opener.app_id(), args, out).map_err(Failure::from_boxed)
         }

@@ -45,6 +45,11 @@ impl Out {
         self.stdout.write_all(b"\n")
     }
 
+    /// Bytes as they are (a generated completion script or manual page).
+    pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        self.stdout.write_all(bytes).map_err(Failure::from_write)
+    }
+
     pub fn flush(&mut self) -> Result<(), Failure> {
         self.stdout.flush().map_err(Failure::from_write)
     }
