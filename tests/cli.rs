@@ -939,3 +939,29 @@ fn completions_and_the_manual_page_come_from_the_command_line_definitions() {
     );
     expect(2, &["completions", "no-such-shell"]);
 }
+
+#[test]
+fn on_a_terminal_long_operations_show_progress_and_still_print_their_result() -> TestResult {
+    // util-linux's `script` runs the command on a pseudo-terminal.
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("SKIPPED progress test: `script` (util-linux) is missing");
+        return Ok(());
+    }
+    let (_t, root) = new_cache(MaxSize::Unlimited);
+    let line = format!(
+        "{} gc {} --max-size 0",
+        env!("CARGO_BIN_EXE_fscache"),
+        s(&root)
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("FSCACHE_DIR")
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("removed 0 entries"),
+        "{}",
+        stdout(&out)
+    );
+    Ok(())
+}

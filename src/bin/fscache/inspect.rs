@@ -11,6 +11,7 @@ use crate::entries::Boot;
 use crate::exit::{warn_line, Failure};
 use crate::open::{warn_about_info, Opener};
 use crate::output::{ago, bytes, max, max_json, path_json, time_json, Out};
+use crate::progress;
 use fscache::EntryInfo as Entry;
 
 /// `fscache init`: create the cache, or set what is given on one that
@@ -66,7 +67,7 @@ pub fn init(
 /// `fscache stats`.
 pub fn stats(opener: &Opener, target: &Target, out: &mut Out) -> Result<(), Failure> {
     let cache = opener.open(&target.dir)?;
-    let s = cache.stats()?;
+    let s = progress::while_running("measuring every entry", || cache.stats())?;
     // Boots are told apart only for an application the user named; and
     // like `ls`, an entry without a boot id belongs to neither side.
     let (this, earlier) = match this_boot(opener, &cache) {

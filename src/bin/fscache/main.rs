@@ -4,7 +4,7 @@
 //! the warnings about its `cache.info`), `entries` (the listing behind
 //! `ls`), `inspect` (`init`, `stats`, `ls`, `config`), `prune` (`gc`,
 //! `evict`, `clear`, `sweep`, `resync`), `transfer` (`put`, `get`,
-//! `verify`), `stress`, `output` (a writer that
+//! `verify`), `progress` (a spinner on a terminal's stderr), `stress`, `output` (a writer that
 //! ends quietly on a closed pipe, human units, shared JSON pieces) and
 //! `exit` (exit statuses and error messages).
 
@@ -14,6 +14,7 @@ mod exit;
 mod inspect;
 mod open;
 mod output;
+mod progress;
 mod prune;
 mod stress;
 mod transfer;

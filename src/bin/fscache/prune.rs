@@ -13,6 +13,7 @@ use crate::output::{
     bytes, count, duration, path_json, sweep_json, unremovable_json, warn_lockless,
     warn_unremovable, Out,
 };
+use crate::progress;
 
 /// `fscache gc`.
 pub fn gc(
@@ -24,11 +25,12 @@ pub fn gc(
     out: &mut Out,
 ) -> Result<(), Failure> {
     let cache = opener.open(&target.dir)?;
-    let report = cache.gc(&GcOptions {
+    let options = GcOptions {
         max_size,
         max_age,
         dry_run,
-    })?;
+    };
+    let report = progress::while_running("collecting garbage", || cache.gc(&options))?;
     warn_unremovable(&report.sweep.unremovable);
     warn_unremovable(&report.unremovable);
     warn_lockless(&report.sweep.lockless);
@@ -140,7 +142,7 @@ pub fn evict(
 /// `fscache clear`.
 pub fn clear(opener: &Opener, target: &Target, out: &mut Out) -> Result<(), Failure> {
     let cache = opener.open(&target.dir)?;
-    let r = cache.clear()?;
+    let r = progress::while_running("clearing", || cache.clear())?;
     warn_unremovable(&r.sweep.unremovable);
     warn_unremovable(&r.unremovable);
     warn_lockless(&r.sweep.lockless);
@@ -199,7 +201,7 @@ pub fn sweep(opener: &Opener, target: &Target, out: &mut Out) -> Result<(), Fail
 /// `fscache resync`.
 pub fn resync(opener: &Opener, target: &Target, out: &mut Out) -> Result<(), Failure> {
     let cache = opener.open(&target.dir)?;
-    let r = cache.resync()?;
+    let r = progress::while_running("recounting", || cache.resync())?;
     warn_unremovable(&r.sweep.unremovable);
     warn_lockless(&r.sweep.lockless);
     if target.json {

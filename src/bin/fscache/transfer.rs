@@ -10,6 +10,7 @@ use crate::args::Target;
 use crate::exit::{Failure, Status};
 use crate::open::Opener;
 use crate::output::{bytes, path_json, Out};
+use crate::progress;
 
 /// `fscache put NAME PATH`: copy a file or tree in as the entry `NAME`
 /// (sharing blocks where the file system can), recording its digest with
@@ -28,7 +29,7 @@ pub fn put(
         options.integrity(Integrity::Record);
     }
     let cache = opener.open_with(&options, &target.dir)?;
-    let outcome = cache.store_tree(name, src)?;
+    let outcome = progress::while_running("copying in", || cache.store_tree(name, src))?;
     let (word, size, status) = match outcome {
         Commit::Stored { size } => ("stored", Some(size), Status::Ok),
         Commit::NameTaken => ("name_taken", None, Status::Ok),
@@ -61,7 +62,7 @@ pub fn get(
     out: &mut Out,
 ) -> Result<Status, Failure> {
     let cache = opener.open(&target.dir)?;
-    let copied = cache.copy_out(name, dest)?;
+    let copied = progress::while_running("copying out", || cache.copy_out(name, dest))?;
     if target.json {
         out.json(&json!({
             "path": path_json(cache.path()),
@@ -116,7 +117,7 @@ pub fn verify(
     let mut status = Status::Ok;
     let mut results = Vec::new();
     for name in &names {
-        let verdict = cache.verify(name)?;
+        let verdict = progress::while_running(name, || cache.verify(name))?;
         let word = match &verdict {
             Verification::Intact => "intact",
             Verification::Mismatch { .. } => {
