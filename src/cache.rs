@@ -2,6 +2,7 @@
 
 mod blobs;
 mod build;
+mod counters;
 mod load;
 mod namespace;
 mod open;
@@ -12,6 +13,8 @@ mod trees;
 
 pub use blobs::BLOB_LIMIT;
 pub use build::{BuildOptions, Built, GiveUp};
+pub use counters::Counters;
+pub(crate) use counters::{Event, LiveCounters};
 pub use load::LoadGuard;
 pub(crate) use namespace::namespace_dirs;
 pub use open::{OpenOptions, DEFAULT_MAXIMUM};
@@ -22,7 +25,6 @@ pub use store::{Commit, CommitError, StoreGuard};
 use std::fmt;
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustix::fs::{Mode, OFlags};
@@ -91,34 +93,10 @@ pub(crate) struct Inner {
     pub(crate) integrity: Integrity,
 }
 
-/// What one handle has done since it was opened, from [`FsCache::counters`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Counters {
-    /// Loads that found their entry.
-    pub hits: u64,
-    /// Loads that did not.
-    pub misses: u64,
-    /// Commits that stored their entry.
-    pub stored: u64,
-    /// Times `cache.size` was recounted from the entries because it held
-    /// no number, was no regular file, or left no room with nothing to
-    /// evict (see [`FsCache::resync`]; at most once per minute per handle
-    /// for want of room).
-    pub heals: u64,
-    /// Verifying loads ([`FsCache::load_verified`]) that found the entry's
-    /// `data/` no longer matching its recorded digest; each is a miss too.
-    pub mismatches: u64,
-}
-
-/// The live counters behind [`Counters`].
-#[derive(Debug, Default)]
-pub(crate) struct LiveCounters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) stored: AtomicU64,
-    pub(crate) heals: AtomicU64,
-    pub(crate) mismatches: AtomicU64,
+impl Drop for Inner {
+    fn drop(&mut self) {
+        counters::flush_on_close(&self.root, &self.objects, &self.counters);
+    }
 }
 
 impl From<Inner> for FsCache {
@@ -322,37 +300,13 @@ impl FsCache {
             root: &self.inner.root,
             objects: &self.inner.objects,
             gate: &self.inner.heal_gate,
-            heals: &self.inner.counters.heals,
+            counters: &self.inner.counters,
             up: self.inner.parent.as_ref(),
         }
     }
 
     pub(crate) fn live_counters(&self) -> &LiveCounters {
         &self.inner.counters
-    }
-
-    /// What this handle has done since it was opened: hits, misses,
-    /// stores, and how often it had to heal `cache.size`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let cache = fscache::FsCache::open("my-tool", dir.path())?;
-    /// assert!(cache.load("nothing")?.is_none());
-    /// assert_eq!(cache.counters().misses, 1);
-    /// # Ok::<(), fscache::Error>(())
-    /// ```
-    pub fn counters(&self) -> Counters {
-        let c = &self.inner.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Counters {
-            hits: get(&c.hits),
-            misses: get(&c.misses),
-            stored: get(&c.stored),
-            heals: get(&c.heals),
-            mismatches: get(&c.mismatches),
-        }
     }
 
     /// Fail unless this cache's version lets us touch `objects/`.

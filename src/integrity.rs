@@ -10,7 +10,6 @@
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 use rustix::fs::{Mode, OFlags};
 
@@ -410,8 +409,7 @@ impl FsCache {
         self.load_checked(name, |objects, info| match check(objects, name, info)? {
             Verification::Intact | Verification::NotRecorded => Ok(true),
             Verification::Mismatch { .. } => {
-                let mismatches = &self.live_counters().mismatches;
-                mismatches.fetch_add(1, Ordering::Relaxed);
+                self.count(crate::cache::Event::Mismatch);
                 Ok(false)
             }
             Verification::NotFound => Ok(false),

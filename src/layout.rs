@@ -24,16 +24,18 @@ pub(crate) const NAMESPACES: &str = "namespaces";
 /// Our extension (a version-1 reader ignores it): one lock file per name
 /// being built by `get_or_build`, named as the entry.
 pub(crate) const BUILDS: &str = "builds";
+/// Our extension: the counts of what handles did, kept across processes.
+pub(crate) const COUNTERS: &str = "fscache-counters.json";
 /// The lock file of an entry directory; its atime is the entry's last use.
 pub(crate) const LOCK_FILE: &str = "object.lock";
 pub(crate) const OBJECT_INFO: &str = "object.info";
 pub(crate) const DATA: &str = "data";
 
 /// Every name the cache root holds: FORMAT.md's layout, and our
-/// extensions that version-1 readers ignore (`namespaces/` and `builds/`,
-/// where `get_or_build` keeps its locks). Anything else there is not ours.
-pub const ROOT_LAYOUT: [&str; 8] = [
-    CACHE_TAG, CACHE_INFO, CACHE_LOCK, CACHE_SIZE, OBJECTS, STAGE, NAMESPACES, BUILDS,
+/// extensions that version-1 readers ignore (`namespaces/`, `builds/`,
+/// where `get_or_build` keeps its locks, and `fscache-counters.json`). Anything else there is not ours.
+pub const ROOT_LAYOUT: [&str; 9] = [
+    CACHE_TAG, CACHE_INFO, CACHE_LOCK, CACHE_SIZE, OBJECTS, STAGE, NAMESPACES, BUILDS, COUNTERS,
 ];
 
 pub(crate) const CACHE_TAG_CONTENT: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n\

@@ -243,7 +243,7 @@ pub(crate) struct Accounting<'c> {
     pub(crate) root: &'c Dir,
     pub(crate) objects: &'c Dir,
     pub(crate) gate: &'c HealGate,
-    pub(crate) heals: &'c std::sync::atomic::AtomicU64,
+    pub(crate) counters: &'c crate::cache::LiveCounters,
     /// A namespace's parent: every size it accounts, the parent accounts
     /// too, in its own section, entered after ours (never the other way
     /// round).
@@ -278,8 +278,7 @@ impl<'c> Accounting<'c> {
     fn heal(&self, lock: &mut SizeLock<'c>) -> Result<u64> {
         let total = self.recount()?;
         lock.set(total)?;
-        self.heals
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters.count(crate::cache::Event::Heal, 1);
         Ok(total)
     }
 

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use rustix::fs::{futimens, OFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
 use rustix::io::Errno;
@@ -122,7 +121,7 @@ impl FsCache {
             Ok(()) | Err(Errno::ROFS) | Err(Errno::PERM) | Err(Errno::ACCESS) => {}
             Err(e) => return Err(e).at(Op::SetTimes, || objects.join(&rel)),
         }
-        self.live_counters().hits.fetch_add(1, Ordering::Relaxed);
+        self.count(crate::cache::Event::Hit);
         Ok(Some(LoadGuard {
             _cache: self.clone(),
             name: name.to_owned(),
@@ -135,7 +134,7 @@ impl FsCache {
 
 impl FsCache {
     fn missed<T>(&self) -> Option<T> {
-        self.live_counters().misses.fetch_add(1, Ordering::Relaxed);
+        self.count(crate::cache::Event::Miss);
         None
     }
 }

@@ -311,14 +311,14 @@ impl StoreGuard {
                     }
                     _ => None,
                 };
-                let stored = &cache.live_counters().stored;
-                stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cache.count(crate::cache::Event::Stored);
                 sync.after_publish(objects)?;
                 Ok((Commit::Stored { size }, published.transpose()?))
             }
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => {
                 accounting.give_back_held(&mut held, entry.dir(), size)?;
                 drop(held);
+                cache.count(crate::cache::Event::NameTaken);
                 self.settle(keep);
                 Ok((Commit::NameTaken, None))
             }

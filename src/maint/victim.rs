@@ -222,6 +222,11 @@ impl FsCache {
                 fate,
             });
         }
+        let out = removed
+            .iter()
+            .filter(|g| !matches!(g.fate, Fate::Denied))
+            .count();
+        self.count_n(crate::cache::Event::Evicted, out as u64);
         Ok(removed)
     }
 }
