@@ -4,11 +4,13 @@
 //! the warnings about its `cache.info`), `entries` (the listing behind
 //! `ls`), `inspect` (`init`, `stats`, `ls`, `config`), `prune` (`gc`,
 //! `evict`, `clear`, `sweep`, `resync`), `transfer` (`put`, `get`,
-//! `verify`), `stress`, `output` (a writer that
+//! `verify`), `doctor` (what the file system does for a cache),
+//! `stress`, `output` (a writer that
 //! ends quietly on a closed pipe, human units, shared JSON pieces) and
 //! `exit` (exit statuses and error messages).
 
 mod args;
+mod doctor;
 mod entries;
 mod exit;
 mod inspect;
@@ -67,6 +69,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<Status, Failure> {
         Command::Clear { target } => prune::clear(&opener, target, out)?,
         Command::Sweep { target } => prune::sweep(&opener, target, out)?,
         Command::Resync { target } => prune::resync(&opener, target, out)?,
+        Command::Doctor { dir, json } => return doctor::doctor(dir.as_deref(), *json, out),
         Command::Stress(args) => {
             return stress::run(opener.app_id(), args, out).map_err(Failure::from_boxed)
         }
