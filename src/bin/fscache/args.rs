@@ -11,18 +11,23 @@ use crate::stress;
 
 const EXIT_STATUS: &str = "\
 Exit status:
-  0  success (also when the reader of the output went away)
-  1  an error
+  0  success (also when the reader of the output went away); for `doctor`:
+     a cache would be safe in DIR (warnings allowed)
+  1  an error; for `doctor`: a cache would not be safe in DIR (a FAIL line:
+     no working OFD locks, no directory can be made in it, or a
+     RENAME_NOREPLACE that replaces)
   2  a usage error (bad arguments, sizes, durations)
   3  busy: another process holds the whole cache past --wait, or an entry
      to evict is in use
   4  not a cache: the directory is missing or has no cache.info (only
-     `fscache init` creates one)
+     `fscache init` creates one; never from `doctor`, which takes any
+     directory)
 
 Every command but `stress` takes the cache directory as DIR, or from
-$FSCACHE_DIR. Sizes: bytes, or a number with K, M, G, T (powers of
-1024: 10M = 10MB = 10MiB; fractions such as 1.5G are allowed). Durations:
-45s, 90m, 1.5h, 30d, 1w (and combinations such as 1h30m).";
+$FSCACHE_DIR (`doctor` any directory, else the current one). Sizes:
+bytes, or a number with K, M, G, T (powers of 1024: 10M = 10MB = 10MiB;
+fractions such as 1.5G are allowed). Durations: 45s, 90m, 1.5h, 30d, 1w
+(and combinations such as 1h30m).";
 
 /// Inspect, prune and stress an fscache (osbuild format version 1) cache.
 #[derive(Debug, Parser)]
@@ -196,6 +201,21 @@ pub enum Command {
     Resync {
         #[command(flatten)]
         target: Target,
+    },
+    /// Probe what the file system under DIR does for a cache, and what
+    /// the crate falls back to.
+    ///
+    /// Locks, atomic renames, unnamed files, block sharing, access times,
+    /// room and sharing between users, tried in a temporary directory it
+    /// makes in DIR and removes. DIR need not be a cache and never becomes
+    /// one.
+    Doctor {
+        /// The directory [default: $FSCACHE_DIR, else the current one].
+        #[arg(env = "FSCACHE_DIR", value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Print JSON (its schema is in the README) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a completion script for SHELL (for example
     /// `fscache completions bash > /etc/bash_completion.d/fscache`).

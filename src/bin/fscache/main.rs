@@ -1,14 +1,16 @@
 //! `fscache`: create, inspect, prune and stress a cache directory.
 //!
 //! The modules: `args` (the command line), `open` (opening a cache and
-//! the warnings about its `cache.info`), `entries` (the listing behind
-//! `ls`), `inspect` (`init`, `stats`, `ls`, `config`), `prune` (`gc`,
+//! the warnings about its `cache.info`), `entries` (which boot an
+//! entry of `ls` is from), `inspect` (`init`, `stats`, `ls`, `config`), `prune` (`gc`,
 //! `evict`, `clear`, `sweep`, `resync`), `transfer` (`put`, `get`,
-//! `verify`), `progress` (a spinner on a terminal's stderr), `stress`, `output` (a writer that
+//! `verify`), `doctor` (what the file system does for a cache), `progress`
+//! (a spinner on a terminal's stderr), `stress`, `output` (a writer that
 //! ends quietly on a closed pipe, human units, shared JSON pieces) and
 //! `exit` (exit statuses and error messages).
 
 mod args;
+mod doctor;
 mod entries;
 mod exit;
 mod inspect;
@@ -60,6 +62,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<Status, Failure> {
         Command::Clear { target } => prune::clear(&opener, target, out)?,
         Command::Sweep { target } => prune::sweep(&opener, target, out)?,
         Command::Resync { target } => prune::resync(&opener, target, out)?,
+        Command::Doctor { dir, json } => return doctor::doctor(dir.as_deref(), *json, out),
         Command::Completions { shell } => {
             let mut text = Vec::new();
             let mut cmd = <Cli as clap::CommandFactory>::command();
