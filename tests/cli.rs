@@ -180,6 +180,18 @@ const STATS: Schema = &[
     ("in_progress", &[T::Int]),
     ("oldest_use", &[T::Str, T::Null]),
     ("newest_use", &[T::Str, T::Null]),
+    ("counters", &[T::Obj]),
+    ("counters_zeroed", &[T::Bool]),
+];
+
+const COUNTERS: Schema = &[
+    ("hits", &[T::Int]),
+    ("misses", &[T::Int]),
+    ("stored", &[T::Int]),
+    ("name_taken", &[T::Int]),
+    ("evicted", &[T::Int]),
+    ("heals", &[T::Int]),
+    ("mismatches", &[T::Int]),
 ];
 
 const LS: Schema = &[
@@ -460,6 +472,7 @@ fn the_json_of_every_read_command_has_the_documented_keys_and_types() -> TestRes
 
     let doc = json(&["stats", dir]);
     check(&doc, STATS, "stats");
+    check(&doc["counters"], COUNTERS, "stats counters");
     assert_eq!(doc["entries"], 3);
     assert_eq!(doc["maximum_bytes"], 64u64 << 20);
     check_time(&doc["oldest_use"]);
@@ -963,5 +976,32 @@ fn on_a_terminal_long_operations_show_progress_and_still_print_their_result() ->
         "{}",
         stdout(&out)
     );
+    Ok(())
+}
+
+#[test]
+fn stats_shows_what_every_process_counted_and_zero_sets_it_back() -> TestResult {
+    let (_t, root) = new_cache(MaxSize::Unlimited);
+    {
+        // Two handles in turn, as two processes would be: each adds its
+        // counts to the file when it closes.
+        let a = FsCache::open(APP, &root)?;
+        put(&a, "x", 100)?;
+        drop(a.load("x")?);
+        let b = FsCache::open(APP, &root)?;
+        assert!(b.load("y")?.is_none());
+    }
+    let doc = json(&["stats", s(&root)]);
+    let c = &doc["counters"];
+    assert_eq!(
+        (c["hits"].as_u64(), c["misses"].as_u64()),
+        (Some(1), Some(1)),
+        "{doc}"
+    );
+    assert_eq!(c["stored"].as_u64(), Some(1), "{doc}");
+    let text = stdout(&expect(0, &["stats", s(&root), "--zero"]));
+    assert!(text.contains("1 hits, 1 misses (50.0% hits)"), "{text}");
+    let doc = json(&["stats", s(&root)]);
+    assert_eq!(doc["counters"]["hits"].as_u64(), Some(0), "zeroed: {doc}");
     Ok(())
 }

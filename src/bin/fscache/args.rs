@@ -102,6 +102,10 @@ pub enum Command {
     Stats {
         #[command(flatten)]
         target: Target,
+        /// After showing them, set the counters (hits, misses...) back to
+        /// zero.
+        #[arg(long)]
+        zero: bool,
     },
     /// List the entries with their size, last use and boot.
     Ls {

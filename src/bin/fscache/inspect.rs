@@ -65,9 +65,15 @@ pub fn init(
 }
 
 /// `fscache stats`.
-pub fn stats(opener: &Opener, target: &Target, out: &mut Out) -> Result<(), Failure> {
+pub fn stats(opener: &Opener, target: &Target, zero: bool, out: &mut Out) -> Result<(), Failure> {
     let cache = opener.open(&target.dir)?;
     let s = progress::while_running("measuring every entry", || cache.stats())?;
+    // What every process counted (and closed, or flushed), before zeroing.
+    let c = if zero {
+        cache.zero_counters()?
+    } else {
+        cache.all_counters()
+    };
     // Boots are told apart only for an application the user named; and
     // like `ls`, an entry without a boot id belongs to neither side.
     let (this, earlier) = match this_boot(opener, &cache) {
@@ -103,6 +109,16 @@ pub fn stats(opener: &Opener, target: &Target, out: &mut Out) -> Result<(), Fail
             "in_progress": s.live_anonymous,
             "oldest_use": time_json(s.oldest_use),
             "newest_use": time_json(s.newest_use),
+            "counters": {
+                "hits": c.hits,
+                "misses": c.misses,
+                "stored": c.stored,
+                "name_taken": c.name_taken,
+                "evicted": c.evicted,
+                "heals": c.heals,
+                "mismatches": c.mismatches,
+            },
+            "counters_zeroed": zero,
         }));
     }
     let now = SystemTime::now();
@@ -144,6 +160,25 @@ pub fn stats(opener: &Opener, target: &Target, out: &mut Out) -> Result<(), Fail
     writeln!(out, "invalid entries:  {}", s.invalid_entries)?;
     writeln!(out, "oldest use:       {}", ago(s.oldest_use, now))?;
     writeln!(out, "newest use:       {}", ago(s.newest_use, now))?;
+    let loads = c.hits.saturating_add(c.misses);
+    let rate = if loads == 0 {
+        String::new()
+    } else {
+        format!(" ({:.1}% hits)", c.hits as f64 * 100.0 / loads as f64)
+    };
+    writeln!(
+        out,
+        "loads:            {} hits, {} misses{rate}",
+        c.hits, c.misses
+    )?;
+    writeln!(
+        out,
+        "stores:           {} stored, {} names taken, {} evicted",
+        c.stored, c.name_taken, c.evicted
+    )?;
+    if zero {
+        writeln!(out, "counters:         set back to zero")?;
+    }
     Ok(())
 }
 

@@ -37,7 +37,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<Status, Failure> {
     };
     match &cli.command {
         Command::Init { target, settings } => inspect::init(&opener, target, settings, out)?,
-        Command::Stats { target } => inspect::stats(&opener, target, out)?,
+        Command::Stats { target, zero } => inspect::stats(&opener, target, *zero, out)?,
         Command::Ls {
             target,
             sort,
