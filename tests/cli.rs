@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
 
+use common::schema::{check, Schema, T};
 use common::*;
 use fscache::lock::{FileLock, LockKind};
 use fscache::{FsCache, MaxSize, Wait};
@@ -108,52 +109,6 @@ fn cache_with_entries(
 
 // ---------------------------------------------------------------------
 // The JSON schema (README, "JSON output"), as a checker.
-
-/// The JSON types a key may hold.
-#[derive(Clone, Copy, Debug)]
-enum T {
-    /// A non-negative integer.
-    Int,
-    Str,
-    Bool,
-    Arr,
-    Obj,
-    Null,
-}
-
-fn is(v: &Value, t: T) -> bool {
-    match t {
-        T::Int => v.is_u64(),
-        T::Str => v.is_string(),
-        T::Bool => v.is_boolean(),
-        T::Arr => v.is_array(),
-        T::Obj => v.is_object(),
-        T::Null => v.is_null(),
-    }
-}
-
-type Schema = &'static [(&'static str, &'static [T])];
-
-/// `v` is an object with exactly the keys of `schema`, each of one of its
-/// types.
-#[track_caller]
-fn check(v: &Value, schema: Schema, what: &str) {
-    let map = v
-        .as_object()
-        .unwrap_or_else(|| panic!("{what}: not an object: {v}"));
-    let mut keys: Vec<&str> = map.keys().map(String::as_str).collect();
-    let mut want: Vec<&str> = schema.iter().map(|(k, _)| *k).collect();
-    keys.sort_unstable();
-    want.sort_unstable();
-    assert_eq!(keys, want, "{what}: the keys of {v}");
-    for (key, types) in schema {
-        let value = &map[*key];
-        assert!(
-            types.iter().any(|t| is(value, *t)),
-            "{what}: `{key}` is {value}, not one of {types:?}"
-        );
-    }
-}
 
 /// Every element of the array `v[key]` follows `schema`.
 #[track_caller]

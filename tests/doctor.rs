@@ -7,6 +7,8 @@
 
 #![cfg(feature = "cli")]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -87,28 +89,7 @@ fn is_root() -> bool {
 // ---------------------------------------------------------------------
 // The JSON schema (README, "JSON output").
 
-#[derive(Clone, Copy, Debug)]
-enum T {
-    Int,
-    Str,
-    Bool,
-    Arr,
-    Obj,
-    Null,
-}
-
-fn is(v: &Value, t: T) -> bool {
-    match t {
-        T::Int => v.is_u64(),
-        T::Str => v.is_string(),
-        T::Bool => v.is_boolean(),
-        T::Arr => v.is_array(),
-        T::Obj => v.is_object(),
-        T::Null => v.is_null(),
-    }
-}
-
-type Schema = &'static [(&'static str, &'static [T])];
+use common::schema::{check, Schema, T};
 
 const DOCTOR: Schema = &[
     ("path", &[T::Str]),
@@ -150,27 +131,6 @@ const CHECKS: &[&str] = &[
     "free_space",
     "sharing",
 ];
-
-/// `v` is an object with exactly the keys of `schema`, each of one of its
-/// types.
-#[track_caller]
-fn check(v: &Value, schema: Schema, what: &str) {
-    let map = v
-        .as_object()
-        .unwrap_or_else(|| panic!("{what}: not an object: {v}"));
-    let mut keys: Vec<&str> = map.keys().map(String::as_str).collect();
-    let mut want: Vec<&str> = schema.iter().map(|(k, _)| *k).collect();
-    keys.sort_unstable();
-    want.sort_unstable();
-    assert_eq!(keys, want, "{what}: the keys of {v}");
-    for (key, types) in schema {
-        let value = &map[*key];
-        assert!(
-            types.iter().any(|t| is(value, *t)),
-            "{what}: `{key}` is {value}, not one of {types:?}"
-        );
-    }
-}
 
 /// A doctor report follows the schema, and `safe` says whether any check
 /// failed.

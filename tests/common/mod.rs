@@ -288,3 +288,54 @@ pub fn counters(line: &str, word: &str, n: usize) -> Vec<u64> {
     assert_eq!(got.len(), n, "{n} counters in {line:?}");
     got
 }
+
+/// The JSON schema checker of the command's tests (README, "JSON output").
+pub mod schema {
+    use serde_json::Value;
+
+    /// The JSON types a key may hold.
+    #[derive(Clone, Copy, Debug)]
+    pub enum T {
+        /// A non-negative integer.
+        Int,
+        Str,
+        Bool,
+        Arr,
+        Obj,
+        Null,
+    }
+
+    pub fn is(v: &Value, t: T) -> bool {
+        match t {
+            T::Int => v.is_u64(),
+            T::Str => v.is_string(),
+            T::Bool => v.is_boolean(),
+            T::Arr => v.is_array(),
+            T::Obj => v.is_object(),
+            T::Null => v.is_null(),
+        }
+    }
+
+    pub type Schema = &'static [(&'static str, &'static [T])];
+
+    /// `v` is an object with exactly the keys of `schema`, each of one of its
+    /// types.
+    #[track_caller]
+    pub fn check(v: &Value, schema: Schema, what: &str) {
+        let map = v
+            .as_object()
+            .unwrap_or_else(|| panic!("{what}: not an object: {v}"));
+        let mut keys: Vec<&str> = map.keys().map(String::as_str).collect();
+        let mut want: Vec<&str> = schema.iter().map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want, "{what}: the keys of {v}");
+        for (key, types) in schema {
+            let value = &map[*key];
+            assert!(
+                types.iter().any(|t| is(value, *t)),
+                "{what}: `{key}` is {value}, not one of {types:?}"
+            );
+        }
+    }
+}
