@@ -145,7 +145,10 @@ pub enum Error {
     },
     /// The cache's `cache.info` names a format version this crate does not
     /// support (or none at all), and the operation needs the object store.
-    #[error("`{}` has unsupported cache version {version:?}", path.display())]
+    #[error("`{}` has {}", path.display(), match version {
+        Some(v) => format!("cache version {v}, which this crate does not support (it supports {}..={})", crate::VERSION_MINIMUM, crate::VERSION_CURRENT),
+        None => "no cache version in its cache.info".to_owned(),
+    })]
     UnsupportedVersion {
         /// The cache root.
         path: PathBuf,

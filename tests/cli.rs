@@ -592,7 +592,11 @@ fn exit_statuses_tell_usage_busy_not_a_cache_and_other_errors_apart() -> TestRes
         r#"{"version": 2, "maximum-size": 1}"#,
     )?;
     let out = expect(1, &["stats", dir]);
-    assert!(stderr(&out).contains("unsupported"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not support"),
+        "{}",
+        stderr(&out)
+    );
     Ok(())
 }
 

@@ -36,7 +36,8 @@ pub struct Stats {
     pub live_anonymous: u64,
     /// Named directories without a valid `object.info`.
     pub invalid_entries: u64,
-    /// Entries committed during an earlier boot (another boot id).
+    /// Entries tagged with another boot id: committed during an earlier
+    /// boot (or by another application). Untagged entries count in neither.
     pub entries_from_previous_boot: u64,
     /// The least recent last use of any entry.
     pub oldest_use: Option<SystemTime>,
@@ -121,7 +122,12 @@ impl FsCache {
                 // Sizes come from files anyone may have written: a total
                 // saturates rather than wraps.
                 s.recorded_bytes = s.recorded_bytes.saturating_add(oi.size);
-                if oi.creation_boot_id.as_deref() != Some(self.boot_id()) {
+                // Untagged entries (osbuild's may be) are of no known boot.
+                if oi
+                    .creation_boot_id
+                    .as_deref()
+                    .is_some_and(|b| b != self.boot_id())
+                {
                     s.entries_from_previous_boot += 1;
                 }
                 let lock_rel = in_entry(name, LOCK_FILE);
