@@ -4,7 +4,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use fscache::{CacheInfo, MaxSize, LOW_WATERMARK_KEY};
+use fscache::{CacheInfo, MaxSize, LOW_WATERMARK_KEY, MIN_FREE_KEY};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -20,6 +20,7 @@ struct Input {
     maximum_size: Option<Max>,
     creation_boot_id: Option<String>,
     low_watermark_percent: Option<u8>,
+    min_free_bytes: Option<u64>,
     /// The file's bytes; last, so that it takes the rest of the input and
     /// a JSON seed in the corpus stays mostly JSON.
     raw: Vec<u8>,
@@ -34,6 +35,7 @@ fuzz_target!(|input: Input| {
         }),
         creation_boot_id: input.creation_boot_id,
         low_watermark_percent: input.low_watermark_percent,
+        min_free_bytes: input.min_free_bytes,
     };
     let raw = &input.raw;
     let _ = CacheInfo::parse(raw);
@@ -82,6 +84,9 @@ fn check_merge(update: &CacheInfo, raw: &[u8], out: &[u8]) {
     if let Some(p) = update.low_watermark_percent {
         set.push((LOW_WATERMARK_KEY, Value::from(p)));
     }
+    if let Some(b) = update.min_free_bytes {
+        set.push((MIN_FREE_KEY, Value::from(b)));
+    }
     for (key, want) in &set {
         assert_eq!(
             after.get(*key),
@@ -118,6 +123,9 @@ fn check_merge(update: &CacheInfo, raw: &[u8], out: &[u8]) {
             readable.then_some(b),
             "creation-boot-id"
         );
+    }
+    if update.min_free_bytes.is_some() {
+        assert_eq!(parsed.min_free_bytes, update.min_free_bytes, "min free");
     }
     if let Some(p) = update.low_watermark_percent {
         let readable = (1..=100).contains(&p);

@@ -53,7 +53,9 @@ fuzz_target!(|data: &[u8]| {
     // made), and what a load needs is all there.
     let found = listing(root);
     assert!(
-        found.iter().all(|n| fscache::ROOT_LAYOUT.contains(&n.as_str())),
+        found
+            .iter()
+            .all(|n| fscache::ROOT_LAYOUT.contains(&n.as_str())),
         "root changed after {name:?}: {found:?}"
     );
     for needed in ["cache.info", "cache.lock", "cache.size", "objects", "stage"] {
