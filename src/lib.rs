@@ -287,6 +287,7 @@ mod layout;
 pub mod lock;
 mod maint;
 mod name;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod replay;
 mod size;

@@ -4,6 +4,8 @@
 //! (FORMAT.md, "Cleaning up"): a cleaner may `rmdir` an empty lockless
 //! anonymous directory, and must never create anything in it.
 
+#![cfg(feature = "testing")]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
