@@ -16,11 +16,9 @@ use rustix::fs::{Mode, OFlags};
 use crate::atomic::Dir;
 use crate::beneath::open_beneath;
 use crate::durability::{self, Durability, Pending, FSYNC_EACH_UP_TO};
-use crate::error::{Error, IoContext, Op, Result};
+use crate::error::{IoContext, Op, Result};
 use crate::info::ObjectInfo;
-use crate::layout::{committed, in_entry, DATA, LOCK_FILE};
-use crate::lock::{FileLock, LockKind, Wait};
-use crate::name::validate_name;
+use crate::layout::{in_entry, DATA};
 use crate::{tree, FsCache, LoadGuard, StoreGuard};
 
 /// Whether [`StoreGuard::commit`](crate::StoreGuard::commit) records a
@@ -342,30 +340,10 @@ impl FsCache {
     /// # Ok::<(), fscache::Error>(())
     /// ```
     pub fn verify(&self, name: &str) -> Result<Verification> {
-        validate_name(name)?;
-        if !self.info().is_supported() {
-            return Ok(Verification::NotFound);
+        match self.hold_committed(name)? {
+            Some((_lock, info)) => check(self.objects(), name, &info),
+            None => Ok(Verification::NotFound),
         }
-        let objects = self.objects();
-        let rel = in_entry(name, LOCK_FILE);
-        let lock = match FileLock::open_at(
-            objects.as_fd(),
-            &rel,
-            LockKind::Shared,
-            Wait::Never,
-            OFlags::empty(),
-            || objects.join(&rel),
-        ) {
-            Ok(lock) => lock,
-            Err(e) if matches!(e, Error::WouldBlock { .. }) || e.is_not_a_file() => {
-                return Ok(Verification::NotFound)
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(info) = committed(objects, name, lock.locked_stat())? else {
-            return Ok(Verification::NotFound);
-        };
-        check(objects, name, &info)
     }
 
     /// [`FsCache::load`], but an entry whose `data/` no longer matches the

@@ -10,9 +10,10 @@ mod common;
 
 use std::fs::{File, FileTimes};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
+use common::command::*;
 use common::schema::{check, Schema, T};
 use common::*;
 use fscache::lock::{FileLock, LockKind};
@@ -21,43 +22,6 @@ use serde_json::Value;
 
 /// The application id `new_cache` (tests/common) opens caches with.
 const APP: &str = "fscache-tests";
-
-fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fscache"));
-    cmd.args(args).env_remove("FSCACHE_DIR");
-    cmd
-}
-
-fn run(args: &[&str]) -> Output {
-    command(args).output().expect("run fscache")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Run, require exit status `code`, and return the output.
-#[track_caller]
-fn expect(code: i32, args: &[&str]) -> Output {
-    let out = run(args);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "fscache {args:?}: stdout {:?}, stderr {:?}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert!(
-        !stderr(&out).contains("panicked"),
-        "fscache {args:?} panicked: {}",
-        stderr(&out)
-    );
-    out
-}
 
 /// Run with `--json`, require success, and parse what it printed.
 #[track_caller]

@@ -18,45 +18,6 @@ use serde_json::Value;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fscache"));
-    cmd.args(args).env_remove("FSCACHE_DIR");
-    cmd
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Run `cmd`, require exit status `code` and no panic, and return the
-/// output.
-#[track_caller]
-fn expect_from(code: i32, cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run fscache");
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{cmd:?}: stdout {:?}, stderr {:?}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert!(
-        !stderr(&out).contains("panicked"),
-        "{cmd:?} panicked: {}",
-        stderr(&out)
-    );
-    out
-}
-
-#[track_caller]
-fn expect(code: i32, args: &[&str]) -> Output {
-    expect_from(code, &mut command(args))
-}
-
 /// `doctor DIR --json`, with its exit status, parsed.
 #[track_caller]
 fn doctor_json(dir: &Path) -> (i32, Value) {
@@ -89,6 +50,7 @@ fn is_root() -> bool {
 // ---------------------------------------------------------------------
 // The JSON schema (README, "JSON output").
 
+use common::command::*;
 use common::schema::{check, Schema, T};
 
 const DOCTOR: Schema = &[

@@ -76,29 +76,10 @@ impl FsCache {
         name: &str,
         check: impl FnOnce(&crate::atomic::Dir, &ObjectInfo) -> Result<bool>,
     ) -> Result<Option<LoadGuard>> {
-        validate_name(name)?;
-        if !self.info().is_supported() {
+        let Some((lock, info)) = self.hold_committed(name)? else {
             return Ok(self.missed());
-        }
+        };
         let objects = self.objects();
-        let rel = in_entry(name, LOCK_FILE);
-        let lock = match FileLock::open_at(
-            objects.as_fd(),
-            &rel,
-            LockKind::Shared,
-            Wait::Never,
-            OFlags::empty(),
-            || objects.join(&rel),
-        ) {
-            Ok(lock) => lock,
-            Err(e) if is_miss(&e) => return Ok(self.missed()),
-            Err(e) => return Err(e),
-        };
-        // Incomplete, being removed, or not an entry at all (a planted
-        // link or fifo): whatever `layout::committed` refuses is a miss.
-        let Some(info) = committed(objects, name, lock.locked_stat())? else {
-            return Ok(self.missed());
-        };
         if !self.earlier_boot().serves(Some(&info), self.boot_id()) {
             return Ok(self.missed());
         }
@@ -119,7 +100,7 @@ impl FsCache {
             // A read-only cache, or a lock file of another user: the
             // entry is still good, its last use just is not recorded.
             Ok(()) | Err(Errno::ROFS) | Err(Errno::PERM) | Err(Errno::ACCESS) => {}
-            Err(e) => return Err(e).at(Op::SetTimes, || objects.join(&rel)),
+            Err(e) => return Err(e).at(Op::SetTimes, || lock.path().to_owned()),
         }
         self.count(crate::cache::Event::Hit);
         Ok(Some(LoadGuard {
@@ -133,6 +114,34 @@ impl FsCache {
 }
 
 impl FsCache {
+    /// The committed entry `name` held with a shared lock, and its
+    /// `object.info`; `None` for a miss: no such entry (or not a valid
+    /// one), one held exclusively right now, or a cache of a version we
+    /// may not read. Takes no note of the use.
+    pub(crate) fn hold_committed(&self, name: &str) -> Result<Option<(FileLock, ObjectInfo)>> {
+        validate_name(name)?;
+        if !self.info().is_supported() {
+            return Ok(None);
+        }
+        let objects = self.objects();
+        let rel = in_entry(name, LOCK_FILE);
+        let lock = match FileLock::open_at(
+            objects.as_fd(),
+            &rel,
+            LockKind::Shared,
+            Wait::Never,
+            OFlags::empty(),
+            || objects.join(&rel),
+        ) {
+            Ok(lock) => lock,
+            Err(e) if is_miss(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Incomplete, being removed, or not an entry at all (a planted
+        // link or fifo): whatever `layout::committed` refuses is a miss.
+        Ok(committed(objects, name, lock.locked_stat())?.map(|info| (lock, info)))
+    }
+
     fn missed<T>(&self) -> Option<T> {
         self.count(crate::cache::Event::Miss);
         None

@@ -339,3 +339,56 @@ pub mod schema {
         }
     }
 }
+
+/// Running the `fscache` command, built with the `cli` feature.
+pub mod command {
+    use std::process::{Command, Output};
+
+    /// `fscache ARGS`, with no `FSCACHE_DIR` from the test's environment.
+    pub fn command(args: &[&str]) -> Command {
+        let Some(fscache) = option_env!("CARGO_BIN_EXE_fscache") else {
+            panic!("the command's tests need the fscache binary: run them with --features cli")
+        };
+        let mut cmd = Command::new(fscache);
+        cmd.args(args).env_remove("FSCACHE_DIR");
+        cmd
+    }
+
+    pub fn run(args: &[&str]) -> Output {
+        command(args).output().expect("run fscache")
+    }
+
+    pub fn stdout(out: &Output) -> String {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn stderr(out: &Output) -> String {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Run `cmd`, require exit status `code` and no panic, and return the
+    /// output.
+    #[track_caller]
+    pub fn expect_from(code: i32, cmd: &mut Command) -> Output {
+        let out = cmd.output().expect("run fscache");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{cmd:?}: stdout {:?}, stderr {:?}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{cmd:?} panicked: {}",
+            stderr(&out)
+        );
+        out
+    }
+
+    /// Run `fscache ARGS` and require exit status `code` and no panic.
+    #[track_caller]
+    pub fn expect(code: i32, args: &[&str]) -> Output {
+        expect_from(code, &mut command(args))
+    }
+}
