@@ -63,7 +63,7 @@ pub enum Integrity {
     /// per MiB on a CPU with SHA extensions (`benches/integrity.rs`); the
     /// commit's system calls grow by the open, reads and close of each
     /// file and the `readlink` of each link. A tree with a file the commit
-    /// may not read fails the commit with [`Error::Io`] naming it; the
+    /// may not read fails the commit with [`Error::Io`](crate::Error::Io) naming it; the
     /// guard comes back in the [`CommitError`](crate::CommitError).
     Record,
 }
@@ -120,7 +120,7 @@ impl Digest {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if `path` is no directory (or a link to one), or
+    /// [`Error::Io`](crate::Error::Io) if `path` is no directory (or a link to one), or
     /// something below it cannot be listed or read.
     ///
     /// # Examples
@@ -318,7 +318,7 @@ impl FsCache {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidName`] for a name no entry can have; [`Error::Io`]
+    /// [`Error::InvalidName`](crate::Error::InvalidName) for a name no entry can have; [`Error::Io`](crate::Error::Io)
     /// if something in `data/` cannot be listed or read (a file the
     /// caller may not read, say).
     ///
@@ -364,7 +364,7 @@ impl FsCache {
     ///
     /// # Errors
     ///
-    /// As [`FsCache::load`], and [`Error::Io`] if something in `data/`
+    /// As [`FsCache::load`], and [`Error::Io`](crate::Error::Io) if something in `data/`
     /// cannot be listed or read.
     ///
     /// # Examples
@@ -401,7 +401,7 @@ impl LoadGuard {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if something in `data/` cannot be listed or read.
+    /// [`Error::Io`](crate::Error::Io) if something in `data/` cannot be listed or read.
     ///
     /// # Examples
     ///
