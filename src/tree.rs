@@ -110,6 +110,24 @@ struct Measure {
     sync: Option<Budget>,
 }
 
+/// What every measuring walk does on entering a directory: count the space
+/// the directory itself occupies, and fsync it while `sync` has budget.
+/// Returns its status.
+fn enter_measured(
+    dir: &mut Dir,
+    here: &Here<'_>,
+    total: &mut u64,
+    sync: &mut Option<Budget>,
+) -> Result<rustix::fs::Stat> {
+    let fd = dir.fd().at(Op::ReadDir, || here.dir())?;
+    let own = fstat(fd).at(Op::Stat, || here.dir())?;
+    *total = total.saturating_add(occupied(&own));
+    if sync.as_mut().is_some_and(Budget::take) {
+        crate::durability::fsync(fd, &here.dir())?;
+    }
+    Ok(own)
+}
+
 /// The fsyncs a measuring walk may still make.
 #[derive(Clone, Copy)]
 struct Budget {
@@ -161,12 +179,7 @@ impl Visit for Measure {
     const SKIP_VANISHED: bool = false;
 
     fn enter(&mut self, dir: &mut Dir, here: &Here<'_>) -> Result<Vec<CString>> {
-        let fd = dir.fd().at(Op::ReadDir, || here.dir())?;
-        let own = fstat(fd).at(Op::Stat, || here.dir())?;
-        self.total = self.total.saturating_add(occupied(&own));
-        if self.sync.as_mut().is_some_and(Budget::take) {
-            crate::durability::fsync(fd, &here.dir())?;
-        }
+        enter_measured(dir, here, &mut self.total, &mut self.sync)?;
         let mut subdirs = Vec::new();
         while let Some(entry) = dir.next() {
             let entry = entry.at(Op::ReadDir, || here.dir())?;

@@ -43,14 +43,11 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
 }
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 // ---------------------------------------------------------------------
 // The JSON schema (README, "JSON output").
 
 use common::command::*;
+use common::is_root;
 use common::schema::{check, Schema, T};
 
 const DOCTOR: Schema = &[

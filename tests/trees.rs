@@ -19,10 +19,6 @@ use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
 
 const APP: &str = "fscache-tests";
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 fn open(root: &Path) -> fscache::Result<FsCache> {
     FsCache::open(APP, root)
 }
@@ -578,52 +574,6 @@ fn a_stage_promoted_under_an_invalid_name_comes_back_whole() -> TestResult {
     Ok(())
 }
 
-/// A small tmpfs, unmounted on drop (root only).
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(test: &str, options: &str) -> Option<Tmpfs> {
-        if !is_root() {
-            println!("SKIPPED {test}: mounting a tmpfs needs root");
-            return None;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("fscache-trees-")
-            .tempdir()
-            .expect("a mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir.path())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(dir)),
-            Ok(o) => {
-                println!(
-                    "SKIPPED {test}: mount -t tmpfs failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                println!("SKIPPED {test}: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(self.0.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-        }
-    }
-}
-
 /// Fill the file system of `dir` to the last page; the file to truncate
 /// to give the space back.
 fn fill(dir: &Path) -> std::io::Result<std::fs::File> {
@@ -648,12 +598,12 @@ fn a_promotion_whose_commit_fails_hands_the_stage_back_in_stage_and_may_be_retri
     let Some(fs) = Tmpfs::mount(test, "size=512k") else {
         return Ok(());
     };
-    let root = fs.0.path().join("cache");
+    let root = fs.path().join("cache");
     let cache = open(&root)?;
     cache.set_maximum_size(MaxSize::Unlimited)?;
     let stage = cache.stage()?;
     std::fs::write(stage.path().join("f"), vec![3u8; 5000])?;
-    let filler = fill(fs.0.path())?;
+    let filler = fill(fs.path())?;
     // The new total in cache.size cannot be written: the commit fails.
     let failed = stage
         .promote("wanted")

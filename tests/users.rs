@@ -29,10 +29,6 @@ const BOB: u32 = 61002;
 /// The payload of an ordinary entry, in bytes.
 const PAYLOAD: usize = 5000;
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 /// `setpriv` from util-linux, if it is installed.
 fn setpriv() -> Option<PathBuf> {
     let out = Command::new("which").arg("setpriv").output().ok()?;

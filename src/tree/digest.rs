@@ -186,12 +186,7 @@ impl Visit for DigestTree {
     const SKIP_VANISHED: bool = false;
 
     fn enter(&mut self, dir: &mut Dir, here: &Here<'_>) -> Result<Vec<CString>> {
-        let fd = dir.fd().at(Op::ReadDir, || here.dir())?;
-        let own = fstat(fd).at(Op::Stat, || here.dir())?;
-        self.total = self.total.saturating_add(occupied(&own));
-        if self.sync.as_mut().is_some_and(Budget::take) {
-            crate::durability::fsync(fd, &here.dir())?;
-        }
+        let own = super::enter_measured(dir, here, &mut self.total, &mut self.sync)?;
         let mut listing = Listing {
             mode: own.st_mode,
             records: Vec::new(),

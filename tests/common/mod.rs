@@ -392,3 +392,77 @@ pub mod command {
         expect_from(code, &mut command(args))
     }
 }
+
+// ---------------------------------------------------------------------------
+// Root-only helpers: a tmpfs unmounted whatever happens.
+// ---------------------------------------------------------------------------
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A tmpfs mounted on a fresh directory, unmounted on drop (lazily if
+/// something still holds it), even when the test fails.
+pub struct Tmpfs {
+    mountpoint: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs with `options`, or say why the test is skipped.
+    pub fn mount(test: &str, options: &str) -> Option<Tmpfs> {
+        if !is_root() {
+            println!("SKIPPED {test}: mounting a tmpfs needs root");
+            return None;
+        }
+        let mountpoint = tempfile::Builder::new()
+            .prefix("fscache-faults-")
+            .tempdir()
+            .expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(mountpoint.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { mountpoint }),
+            Ok(o) => {
+                println!(
+                    "SKIPPED {test}: mount -t tmpfs failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                println!("SKIPPED {test}: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.mountpoint.path()
+    }
+
+    /// `mount -o remount,<options>`.
+    #[track_caller]
+    pub fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(self.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount,{options} failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(self.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Something (a leaked handle of a failed test) holds it.
+            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+        }
+    }
+}
