@@ -10,6 +10,7 @@ mod promote;
 mod stage;
 mod store;
 mod trees;
+mod validated;
 
 pub use blobs::BLOB_LIMIT;
 pub use build::{BuildOptions, Built, GiveUp};
@@ -91,6 +92,7 @@ pub(crate) struct Inner {
     /// For a namespace: the cache whose budget it shares.
     parent: Option<FsCache>,
     pub(crate) integrity: Integrity,
+    validated: validated::Validated,
 }
 
 impl Drop for Inner {
@@ -273,6 +275,11 @@ impl FsCache {
 
     pub(crate) fn objects(&self) -> &Arc<Dir> {
         &self.inner.objects
+    }
+
+    /// The entries this handle has checked (see `validated`).
+    pub(crate) fn validated(&self) -> &validated::Validated {
+        &self.inner.validated
     }
 
     pub(crate) fn stage_dir(&self) -> &Arc<Dir> {

@@ -87,7 +87,9 @@ pub struct FileLock {
     fd: OwnedFd,
     kind: LockKind,
     path: PathBuf,
-    /// Cleared by [`FileLock::unlock`], which has released already.
+    /// Whether a drop releases the lock with a call of its own; cleared by
+    /// [`FileLock::unlock`], which has released already, and for locks
+    /// left to the close.
     held: bool,
     /// The file's status when the safe-open loop found it in place, so
     /// that callers need not ask again (its type, the last use it had).
@@ -320,6 +322,15 @@ impl FileLock {
             // Replaced or removed while we waited: dropping `fd` releases
             // the lock on the old file; go again.
         }
+    }
+
+    /// The same lock, left to the close of its descriptor when dropped
+    /// rather than released by a call of its own: one call fewer, for
+    /// locks taken and dropped often. A child `fork()`ed meanwhile shares
+    /// the description until it execs or exits, and holds the lock as long.
+    pub(crate) fn released_by_close(mut self) -> Self {
+        self.held = false;
+        self
     }
 
     /// The same lock, named by another path (after the file was renamed).

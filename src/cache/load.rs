@@ -3,8 +3,10 @@
 use std::fmt;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{futimens, OFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+use rustix::fs::{futimens, OFlags, Stat, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
 use rustix::io::Errno;
 
 use crate::error::{Error, IoContext, Op, Result};
@@ -23,8 +25,28 @@ pub struct LoadGuard {
     _cache: FsCache,
     name: String,
     data: PathBuf,
-    info: ObjectInfo,
+    info: Arc<ObjectInfo>,
     lock: FileLock,
+}
+
+/// A use recorded this recently is recorded well enough: a load within it
+/// leaves the atime as it is rather than write the inode again. Least
+/// recently used then means least recently used to within this much.
+pub(crate) const USE_RESOLUTION: Duration = Duration::from_secs(1);
+
+/// Whether the lock file whose status is `st` records a use within
+/// [`USE_RESOLUTION`] of now (and none in the future, which a clock set
+/// back would leave).
+fn used_just_now(st: &Stat) -> bool {
+    let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) else {
+        return false;
+    };
+    let Ok(secs) = u64::try_from(st.st_atime) else {
+        return false;
+    };
+    let atime = Duration::new(secs, (st.st_atime_nsec as u32).min(999_999_999));
+    now.checked_sub(atime)
+        .is_some_and(|age| age < USE_RESOLUTION)
 }
 
 impl fmt::Debug for LoadGuard {
@@ -96,7 +118,12 @@ impl FsCache {
                 tv_nsec: UTIME_OMIT,
             },
         };
-        match futimens(&lock, &now) {
+        let recorded = lock.locked_stat().is_some_and(used_just_now);
+        match if recorded {
+            Ok(())
+        } else {
+            futimens(&lock, &now)
+        } {
             // A read-only cache, or a lock file of another user: the
             // entry is still good, its last use just is not recorded.
             Ok(()) | Err(Errno::ROFS) | Err(Errno::PERM) | Err(Errno::ACCESS) => {}
@@ -118,7 +145,7 @@ impl FsCache {
     /// `object.info`; `None` for a miss: no such entry (or not a valid
     /// one), one held exclusively right now, or a cache of a version we
     /// may not read. Takes no note of the use.
-    pub(crate) fn hold_committed(&self, name: &str) -> Result<Option<(FileLock, ObjectInfo)>> {
+    pub(crate) fn hold_committed(&self, name: &str) -> Result<Option<(FileLock, Arc<ObjectInfo>)>> {
         validate_name(name)?;
         if !self.info().is_supported() {
             return Ok(None);
@@ -137,9 +164,23 @@ impl FsCache {
             Err(e) if is_miss(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
+        // The lock is released by the close of its descriptor: an OFD lock
+        // needs no call of its own.
+        let lock = lock.released_by_close();
+        let Some(st) = lock.locked_stat() else {
+            return Ok(None);
+        };
+        if let Some(info) = self.validated().get(name, st) {
+            return Ok(Some((lock, info)));
+        }
         // Incomplete, being removed, or not an entry at all (a planted
         // link or fifo): whatever `layout::committed` refuses is a miss.
-        Ok(committed(objects, name, lock.locked_stat())?.map(|info| (lock, info)))
+        let Some(info) = committed(objects, name, Some(st))? else {
+            return Ok(None);
+        };
+        let info = Arc::new(info);
+        self.validated().insert(name, st, Arc::clone(&info));
+        Ok(Some((lock, info)))
     }
 
     fn missed<T>(&self) -> Option<T> {
@@ -162,7 +203,7 @@ impl LoadGuard {
             _cache: cache.clone(),
             name: name.to_owned(),
             data: cache.objects().join(name).join(DATA),
-            info,
+            info: Arc::new(info),
             lock,
         }
     }
@@ -188,7 +229,8 @@ impl LoadGuard {
         &self.info
     }
 
-    /// Release the entry, reporting failure (dropping does the same).
+    /// Release the entry, reporting failure (dropping does the same,
+    /// by closing the lock's descriptor).
     ///
     /// # Errors
     ///

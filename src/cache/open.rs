@@ -295,6 +295,7 @@ impl OpenOptions {
             earlier_boot: self.earlier_boot,
             parent,
             integrity: self.integrity,
+            validated: Default::default(),
             _cache_lock: cache_lock,
         }))
     }
