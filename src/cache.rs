@@ -7,6 +7,7 @@ mod load;
 mod namespace;
 mod open;
 mod promote;
+mod reserve;
 mod stage;
 mod store;
 mod trees;
@@ -20,6 +21,7 @@ pub use load::LoadGuard;
 pub(crate) use namespace::namespace_dirs;
 pub use open::{OpenOptions, DEFAULT_MAXIMUM};
 pub use promote::PromoteError;
+pub(crate) use reserve::{reserved_in, Accounted};
 pub use stage::StageGuard;
 pub use store::{Commit, CommitError, StoreGuard};
 
@@ -93,10 +95,18 @@ pub(crate) struct Inner {
     parent: Option<FsCache>,
     pub(crate) integrity: Integrity,
     validated: validated::Validated,
+    reserve: reserve::Reserve,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.reserve.release(&Accounting {
+            root: &self.root,
+            objects: &self.objects,
+            gate: &self.heal_gate,
+            counters: &self.counters,
+            up: self.parent.as_ref(),
+        });
         counters::flush_on_close(&self.root, &self.objects, &self.counters);
     }
 }
@@ -275,6 +285,11 @@ impl FsCache {
 
     pub(crate) fn objects(&self) -> &Arc<Dir> {
         &self.inner.objects
+    }
+
+    /// What this handle holds in reserve (see `reserve`).
+    pub(crate) fn reserve(&self) -> &reserve::Reserve {
+        &self.inner.reserve
     }
 
     /// The entries this handle has checked (see `validated`).

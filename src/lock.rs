@@ -124,6 +124,17 @@ fn release(fd: BorrowedFd<'_>) -> nix::Result<()> {
     .map(drop)
 }
 
+/// Wait for `kind` on a descriptor the caller keeps open (and unlocks with
+/// [`unlock_fd`]); `path` names it in errors.
+pub(crate) fn lock_fd(fd: BorrowedFd<'_>, kind: LockKind, path: &Path) -> Result<()> {
+    set(fd, kind, Wait::Forever, path)
+}
+
+/// Release what [`lock_fd`] took.
+pub(crate) fn unlock_fd(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    release(fd).at(Op::Lock, || path.to_owned())
+}
+
 /// One attempt: `Ok(false)` when someone else holds a conflicting lock.
 fn try_set(fd: BorrowedFd<'_>, l_type: libc::c_short, block: bool) -> nix::Result<bool> {
     let flock = whole_file(l_type);

@@ -199,12 +199,19 @@ pub(crate) fn give_back_in(up: Option<&mut SizeLock<'_>>, size: u64) -> Result<(
 /// that the first did not is counted too: an entry is missed only if it is
 /// renamed twice in that time, and one listed under both names is counted
 /// twice, which overcounts but never undercounts.
+///
+/// Handles' reservations are read first, each under its lock (see
+/// `cache::reserve`), so that bytes moving from a reservation to an entry
+/// are counted in one or the other.
 fn sum_infos(objects: &Dir) -> Result<u64> {
-    let mut total = 0u64;
+    let (mut total, reserved) = crate::cache::reserved_in(objects)?;
     let mut seen = std::collections::HashSet::new();
     for pass in 0..2 {
         for (name, kind) in crate::tree::list(objects)? {
-            if kind != FileType::Directory || (pass == 1 && seen.contains(&name)) {
+            if kind != FileType::Directory
+                || reserved.contains(&name)
+                || (pass == 1 && seen.contains(&name))
+            {
                 continue;
             }
             let rel = in_entry(&name, OBJECT_INFO);
@@ -215,6 +222,24 @@ fn sum_infos(objects: &Dir) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// Write the `object.info` of the anonymous entry `entry`, which has none
+/// yet; on failure, what was written is unlinked again.
+pub(crate) fn write_info(entry: &AnonymousDir, info: &ObjectInfo) -> Result<()> {
+    let path = entry.path().join(OBJECT_INFO);
+    let written = rustix::fs::openat(
+        entry.dir().as_fd(),
+        OBJECT_INFO,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )
+    .at(Op::Create, || path.clone())
+    .and_then(|fd| write_all(fd.as_fd(), &info.to_json(), &path));
+    if written.is_err() {
+        let _ = unlinkat(entry.dir().as_fd(), OBJECT_INFO, AtFlags::empty());
+    }
+    written
 }
 
 /// When this handle last healed for want of room.
@@ -441,7 +466,7 @@ impl<'c> Accounting<'c> {
     /// ([`CacheInfo::min_free_bytes`]); 0 without a floor, at no cost.
     /// The entry being committed is on the disk already, so what is free
     /// now is what is left once it is in.
-    fn below_floor(&self, cfg: &CacheInfo) -> Result<u64> {
+    pub(crate) fn below_floor(&self, cfg: &CacheInfo) -> Result<u64> {
         let Some(floor) = cfg.min_free_bytes.filter(|f| *f > 0) else {
             return Ok(0);
         };
@@ -488,17 +513,7 @@ impl<'c> Accounting<'c> {
         }
         let current = section.value()?;
         section.set(current.saturating_add(info.size))?;
-        let path = entry.path().join(OBJECT_INFO);
-        let written = rustix::fs::openat(
-            entry.dir().as_fd(),
-            OBJECT_INFO,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o666),
-        )
-        .at(Op::Create, || path.clone())
-        .and_then(|fd| write_all(fd.as_fd(), &info.to_json(), &path));
-        if let Err(e) = written {
-            let _ = unlinkat(entry.dir().as_fd(), OBJECT_INFO, AtFlags::empty());
+        if let Err(e) = write_info(entry, info) {
             section.set(current)?;
             if let Some(up) = up.as_mut() {
                 up.set(above)?;

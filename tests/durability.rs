@@ -334,6 +334,8 @@ fn object_info_records_durability_only_for_a_sync_commit() -> TestResult {
     // What osbuild writes, without our key, reads as not durable.
     let osbuild = br#"{"creation-boot-id": "0123456789abcdef0123456789abcdef", "size": 8192}"#;
     std::fs::write(path.join("objects/durable/object.info"), osbuild)?;
+    // A handle checks an entry once per lock file: a new one reads it anew.
+    let cache = FsCache::open("fscache-tests", &path)?;
     let info: ObjectInfo = cache.load("durable")?.ok_or("still a hit")?.info().clone();
     assert!(
         !info.durable,

@@ -296,6 +296,7 @@ impl OpenOptions {
             parent,
             integrity: self.integrity,
             validated: Default::default(),
+            reserve: Default::default(),
             _cache_lock: cache_lock,
         }))
     }

@@ -8,6 +8,7 @@ use rustix::fs::{mkdirat, Mode};
 use rustix::io::Errno;
 
 use crate::atomic::{AnonymousDir, Dir};
+use crate::cache::Accounted;
 use crate::durability::{self, Durability};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{MaxSize, ObjectInfo};
@@ -261,7 +262,9 @@ impl StoreGuard {
             self.settle(keep);
             return Ok((Commit::Unsupported, None));
         }
-        let cache = &self.cache;
+        // A handle of its own, so that what it accounts does not borrow the
+        // guard, which settles the entry.
+        let cache = &self.cache.clone();
         let objects = cache.objects();
         // A guard that comes back in a CommitError still holds its entry;
         // only a commit that succeeded or settled an outcome lets go of it.
@@ -285,24 +288,24 @@ impl StoreGuard {
             digest,
         };
         let accounting = cache.accounting();
-        let accounted =
-            accounting.account(entry, &object_info, &info, |want| cache.evict_lru(want))?;
-        let Some(mut held) = accounted else {
+        let accounted = cache.account_entry(entry, &object_info, &info, sync.is_durable())?;
+        let Some(mut accounted) = accounted else {
             self.settle(keep);
             return Ok((Commit::NoRoom { size }, None));
         };
         crate::failpoint!("commit-after-info");
         if sync.is_durable() {
             // Syncing takes time: nobody waits on the size section for it.
-            drop(held);
+            drop(accounted);
             sync.before_publish(cache, entry, size)?;
-            held = accounting.hold()?;
+            accounted = Accounted::Section(accounting.hold()?);
         }
-        // The rename happens in the section, so that a recount there never
-        // finds the entry under neither name.
+        // The rename happens in the section (or with the reservation's
+        // record locked), so that a recount never finds the entry under
+        // neither name.
         match objects.rename_dir_noreplace(entry.name(), &self.name) {
             Ok(()) => {
-                drop(held);
+                drop(accounted);
                 crate::failpoint!("commit-after-rename");
                 // Committed: releasing the lock publishes it.
                 let published = match self.entry.take() {
@@ -316,14 +319,14 @@ impl StoreGuard {
                 Ok((Commit::Stored { size }, published.transpose()?))
             }
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => {
-                accounting.give_back_held(&mut held, entry.dir(), size)?;
-                drop(held);
+                accounted.give_back(&accounting, entry.dir(), size)?;
+                drop(accounted);
                 cache.count(crate::cache::Event::NameTaken);
                 self.settle(keep);
                 Ok((Commit::NameTaken, None))
             }
             Err(e) => {
-                accounting.give_back_held(&mut held, entry.dir(), size)?;
+                accounted.give_back(&accounting, entry.dir(), size)?;
                 Err(Error::Rename {
                     from: entry.path().to_owned(),
                     to: objects.join(&self.name),

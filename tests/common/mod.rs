@@ -226,6 +226,24 @@ pub fn info_sizes(cache: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Whether `objects/<name>` is a live handle's reservation of accounted
+/// space (its `object.info` says so), not an entry.
+pub fn is_reservation(cache: &Path, name: &str) -> bool {
+    std::fs::read(cache.join("objects").join(name).join("object.info"))
+        .ok()
+        .and_then(|raw| serde_json::from_slice::<serde_json::Value>(&raw).ok())
+        .is_some_and(|v| v["fscache-reservation"] == serde_json::Value::Bool(true))
+}
+
+/// The sum of the `object.info` sizes of the committed entries (named ones).
+pub fn entry_sizes(cache: &Path) -> u64 {
+    info_sizes(cache)
+        .iter()
+        .filter(|(n, _)| !n.starts_with("uuid-"))
+        .map(|(_, s)| s)
+        .sum()
+}
+
 /// The integer in `cache.size`.
 pub fn size_file(cache: &Path) -> u64 {
     let raw = std::fs::read_to_string(cache.join("cache.size")).expect("read cache.size");
