@@ -31,6 +31,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::fs::write(e.path().join("f"), [7u8; 100])?;
             assert!(e.commit().map_err(fscache::Error::from)?.is_stored());
         }
+    }
+    // A new handle: the filling one's reservation goes with it, and the
+    // cache is full to the byte.
+    drop(cache);
+    let cache = FsCache::open("fscache-syscalls", &dir)?;
+    if full.is_some() {
         cache.set_maximum_size(MaxSize::Bytes(cache.accounted_size()?))?;
     }
     eprintln!("--- {n} x {op}");

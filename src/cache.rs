@@ -96,6 +96,7 @@ pub(crate) struct Inner {
     pub(crate) integrity: Integrity,
     validated: validated::Validated,
     reserve: reserve::Reserve,
+    sampler: crate::maint::Sampler,
 }
 
 impl Drop for Inner {
@@ -285,6 +286,11 @@ impl FsCache {
 
     pub(crate) fn objects(&self) -> &Arc<Dir> {
         &self.inner.objects
+    }
+
+    /// This handle's choice of what to evict (see `maint::sample`).
+    pub(crate) fn sampler(&self) -> &crate::maint::Sampler {
+        &self.inner.sampler
     }
 
     /// What this handle holds in reserve (see `reserve`).

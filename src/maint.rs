@@ -5,6 +5,7 @@
 
 mod entries;
 mod gc;
+mod sample;
 mod scan;
 mod stats;
 mod sweep;
@@ -12,5 +13,6 @@ mod victim;
 
 pub use entries::{EntryInfo, Listing};
 pub use gc::{ClearReport, Eviction, GcOptions, GcReport, Reason, Removed};
+pub(crate) use sample::Sampler;
 pub use stats::{ResyncReport, Stats};
 pub use sweep::{SweepReport, Unremovable};

@@ -163,9 +163,15 @@ pub(crate) struct Held<'c> {
     up: Option<SizeLock<'c>>,
 }
 
-/// How much to evict so that the cache ends at the low watermark with an
-/// entry of `size` in it, so the stores that follow fit without a scan; if
-/// the entry alone passes the watermark, just enough to fit it.
+/// How many entries of its own size a commit evicts beyond what it needs,
+/// toward the low watermark: enough to leave room for the commits that
+/// follow, few enough that no commit removes thousands.
+const TOWARD_WATERMARK: u64 = 2;
+
+/// How much to evict for an entry of `size`: what it needs to fit, and up
+/// to [`TOWARD_WATERMARK`] entries of its size more, toward the cache
+/// ending at the low watermark with the entry in it (if the entry alone
+/// passes the watermark, just what it needs).
 fn free_to_watermark(current: u64, size: u64, max: u64, cfg: &CacheInfo) -> u64 {
     let low = match cfg.low_watermark() {
         MaxSize::Bytes(low) => low,
@@ -177,7 +183,8 @@ fn free_to_watermark(current: u64, size: u64, max: u64, cfg: &CacheInfo) -> u64 
         max.saturating_sub(size)
     };
     let need = current.saturating_add(size).saturating_sub(max);
-    current.saturating_sub(target).max(need)
+    let step = need.saturating_add(size.saturating_mul(TOWARD_WATERMARK));
+    current.saturating_sub(target).min(step).max(need)
 }
 
 /// Give `size` back in a parent's section, if there is one.

@@ -219,8 +219,9 @@ impl Model {
             let MaxSize::Bytes(max) = self.max else {
                 unreachable!("unlimited admits all")
             };
-            // Free down to the low watermark with the entry in it; if the
-            // entry alone passes the watermark, free just enough to fit.
+            // Free what it needs, and up to two entries of its size more
+            // toward the low watermark with the entry in it; if the entry
+            // alone passes the watermark, free just enough to fit.
             let low = self.low(max);
             let target = if low >= size {
                 low - size
@@ -228,7 +229,8 @@ impl Model {
                 max.saturating_sub(size)
             };
             let need = self.total.saturating_add(size).saturating_sub(max);
-            evicted = self.evict_lru(self.total.saturating_sub(target).max(need));
+            let step = need.saturating_add(size.saturating_mul(2));
+            evicted = self.evict_lru(self.total.saturating_sub(target).min(step).max(need));
             if !self.max.admits(self.total.saturating_add(size)) && !self.healed {
                 // Nothing left to evict: the handle recounts, once.
                 self.healed = true;

@@ -297,6 +297,7 @@ impl OpenOptions {
             integrity: self.integrity,
             validated: Default::default(),
             reserve: Default::default(),
+            sampler: Default::default(),
             _cache_lock: cache_lock,
         }))
     }
