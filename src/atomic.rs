@@ -322,8 +322,10 @@ impl Dir {
                         parent: Arc::clone(self),
                         dir,
                         name,
-                        lock,
-                    })
+                        // Released when the entry is published or removed,
+                        // by the close of its descriptor.
+                        lock: lock.released_by_close(),
+                    });
                 }
                 Ok(None) => {
                     // Not ours any more; if it is still empty (our

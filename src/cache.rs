@@ -186,6 +186,16 @@ impl FsCache {
             .clone()
     }
 
+    /// Whether this cache's version lets us touch `objects/`, without a
+    /// copy of the whole configuration (the load path asks every time).
+    pub(crate) fn supported(&self) -> bool {
+        self.inner
+            .info
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_supported()
+    }
+
     /// Read `cache.info` again, picking up changes made by others.
     ///
     /// # Errors

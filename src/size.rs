@@ -41,7 +41,8 @@ const MAX_SIZE_FILE: usize = 64;
 /// of a full cache would cost much.
 pub(crate) const HEAL_INTERVAL: Duration = Duration::from_secs(60);
 
-/// How many times one commit may evict before it gives up with no room.
+/// How many eviction rounds one commit makes in the section before it
+/// gives up with no room.
 const EVICTION_ROUNDS: u32 = 3;
 
 /// The held write lock on `cache.size` and the value it read.
@@ -346,8 +347,7 @@ impl<'c> Accounting<'c> {
             return Ok(Some(None));
         };
         let cfg = parent.info();
-        let evict = |want| parent.evict_lru(want);
-        Ok(parent.accounting().make_room(size, &cfg, evict)?.map(Some))
+        Ok(parent.accounting().make_room(size, &cfg, parent)?.map(Some))
     }
 
     /// In a namespace, the parent's section, entered while ours is held
@@ -419,19 +419,18 @@ impl<'c> Accounting<'c> {
     }
 
     /// Enter the section with room for `size` more bytes under `cfg`'s
-    /// maximum, calling `evict` (least recently used entries, down to the
-    /// low watermark) if needed; `None` if there is no room even then.
+    /// maximum, having `owner` (the cache this accounting is of) evict
+    /// least recently used entries in the section if needed; `None` if
+    /// there is no room even then.
     pub(crate) fn make_room(
         &self,
         size: u64,
         cfg: &CacheInfo,
-        mut evict: impl FnMut(u64) -> Result<usize>,
+        owner: &crate::FsCache,
     ) -> Result<Option<SizeLock<'c>>> {
-        // Others may take the room we free before we get back into the
-        // section: try again while eviction makes progress, a few times.
+        let mut section = self.section()?;
         let mut rounds = 0;
         loop {
-            let mut section = self.section()?;
             let current = section.value()?;
             let over = match cfg.effective_maximum() {
                 MaxSize::Bytes(max) => current.saturating_add(size).saturating_sub(max),
@@ -456,12 +455,11 @@ impl<'c> Accounting<'c> {
                 }
                 return Ok(None);
             }
-            drop(section);
             let want = match cfg.effective_maximum() {
                 MaxSize::Bytes(max) if over > 0 => free_to_watermark(current, size, max, cfg),
                 _ => 0,
             };
-            if evict(want.max(below))? == 0 {
+            if owner.evict_held(&mut section, want.max(below))? == 0 {
                 rounds = EVICTION_ROUNDS;
             } else {
                 rounds += 1;
@@ -484,7 +482,7 @@ impl<'c> Accounting<'c> {
     }
 
     /// In the size critical section: add `info.size` to `cache.size` (making
-    /// room with `evict` if needed) and write the entry's `object.info`.
+    /// room with `owner`'s eviction if needed) and write the entry's `object.info`.
     /// Returns `None` if it does not fit, else the sections still held, for
     /// the caller to rename the entry into place inside them (see
     /// [`Held`]). The size goes up before `object.info` appears, so a crash
@@ -494,12 +492,11 @@ impl<'c> Accounting<'c> {
         entry: &AnonymousDir,
         info: &ObjectInfo,
         cfg: &CacheInfo,
-        evict: impl FnMut(u64) -> Result<usize>,
+        owner: &crate::FsCache,
     ) -> Result<Option<Held<'c>>> {
-        let mut evict = evict;
         let mut rounds = 0;
         let (mut section, mut up) = loop {
-            let Some(section) = self.make_room(info.size, cfg, &mut evict)? else {
+            let Some(section) = self.make_room(info.size, cfg, owner)? else {
                 return Ok(None);
             };
             if let Some(up) = self.reserve_up(info.size)? {
@@ -509,7 +506,7 @@ impl<'c> Accounting<'c> {
             // own is given back there too.
             drop(section);
             rounds += 1;
-            if rounds > EVICTION_ROUNDS || evict(info.size)? == 0 {
+            if rounds > EVICTION_ROUNDS || owner.evict_lru(info.size)? == 0 {
                 return Ok(None);
             }
         };

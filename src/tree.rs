@@ -12,7 +12,7 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{fchmod, fstat, openat, statat, AtFlags, Dir, FileType, Mode, OFlags};
+use rustix::fs::{fchmod, fstat, openat, statat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{IoContext, Op, Result};
@@ -273,8 +273,13 @@ impl Visit for Remove<'_> {
                 ),
                 _ => false,
             };
-            if is_dir {
+            // An empty directory (a stage's `data/`, often) goes with one
+            // call, without being opened and listed.
+            if is_dir && unlinkat(fd, name, AtFlags::REMOVEDIR).is_err() {
                 subdirs.push(name.to_owned());
+                continue;
+            }
+            if is_dir {
                 continue;
             }
             match unlink_writable(fd, name, AtFlags::empty()) {

@@ -58,26 +58,37 @@ impl Floor {
         format!("uuid-{}{:024x}", self.tag, self.next)
     }
 
-    /// An anonymous entry: `mkdirat`, create and lock `object.lock`,
-    /// `mkdirat data` (4 calls); returns its name and the lock.
+    /// An anonymous entry: `mkdirat`, then `object.lock` made locked
+    /// before anyone can see it (FORMAT.md: an unlocked lock in an
+    /// anonymous directory is an orphan's, which a sweep may remove), as
+    /// an `O_TMPFILE` locked and then linked in, and `mkdirat data`
+    /// (5 calls); returns its name and the lock.
     fn anonymous(&mut self, parent: &OwnedFd) -> (String, OwnedFd) {
         let tmp = self.fresh();
         mkdirat(parent, &tmp, Mode::from_raw_mode(0o777)).expect("mkdir");
         let lock = openat(
             parent,
-            format!("{tmp}/object.lock"),
-            CREATE,
+            ".",
+            OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o644),
         )
         .expect("create lock");
         fcntl(lock.as_fd(), FcntlArg::F_OFD_SETLK(&whole(libc::F_WRLCK))).expect("lock");
+        rustix::fs::linkat(
+            &lock,
+            "",
+            parent,
+            format!("{tmp}/object.lock"),
+            AtFlags::EMPTY_PATH,
+        )
+        .expect("link lock");
         mkdirat(parent, format!("{tmp}/data"), Mode::from_raw_mode(0o777)).expect("mkdir data");
         (tmp, lock)
     }
 
     /// Store `name` with one file of `payload`: the anonymous entry, the
     /// file (create, write, close), `object.info` (the same), the rename
-    /// with `RENAME_NOREPLACE` and the close that publishes it: 12 calls.
+    /// with `RENAME_NOREPLACE` and the close that publishes it: 13 calls.
     pub fn store(&mut self, name: &str, payload: &[u8]) {
         let (tmp, lock) = self.anonymous(&self.objects.try_clone().expect("dup"));
         write(&self.objects, &format!("{tmp}/data/f"), payload);
@@ -143,7 +154,7 @@ impl Floor {
 
     /// A stage made and removed: the anonymous entry in `stage/`, then
     /// open and list `data/` (it may hold anything), remove it, the lock
-    /// and the directory, close: 13 calls.
+    /// and the directory, close: 14 calls.
     pub fn stage(&mut self) {
         let (tmp, lock) = self.anonymous(&self.stage.try_clone().expect("dup"));
         let data =

@@ -147,7 +147,7 @@ impl FsCache {
     /// may not read. Takes no note of the use.
     pub(crate) fn hold_committed(&self, name: &str) -> Result<Option<(FileLock, Arc<ObjectInfo>)>> {
         validate_name(name)?;
-        if !self.info().is_supported() {
+        if !self.supported() {
             return Ok(None);
         }
         let objects = self.objects();

@@ -270,10 +270,9 @@ impl FsCache {
         durable: bool,
     ) -> Result<Option<Accounted<'_>>> {
         let accounting = self.accounting();
-        let evict = |want| self.evict_lru(want);
         let in_section = || -> Result<Option<Accounted<'_>>> {
             Ok(accounting
-                .account(entry, info, cfg, evict)?
+                .account(entry, info, cfg, self)?
                 .map(Accounted::Section))
         };
         if durable || accounting.up.is_some() {

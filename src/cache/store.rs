@@ -152,7 +152,7 @@ impl FsCache {
     /// ```
     pub fn store(&self, name: &str) -> Result<StoreGuard> {
         validate_name(name)?;
-        let degraded = !self.info().is_supported();
+        let degraded = !self.supported();
         let parent = if degraded {
             self.stage_dir()
         } else {

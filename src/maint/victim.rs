@@ -13,7 +13,7 @@ use crate::layout::{
 use crate::lock::{FileLock, LockKind, Wait};
 use crate::maint::scan::{scan, Kind};
 use crate::maint::Unremovable;
-use crate::size::give_back_in;
+use crate::size::{give_back_in, SizeLock};
 use crate::FsCache;
 
 /// How many entries one size critical section gives back at once: enough
@@ -56,6 +56,13 @@ pub(crate) enum Take {
 }
 
 impl Victim {
+    /// Remove what is left of a victim already taken out of the cache
+    /// (its `object.info` unlinked and its size given back); what cannot
+    /// be removed is an invalid entry, for a sweep.
+    pub(crate) fn remove_rest(self, objects: &Dir) {
+        let _ = remove_entry(objects, &self.name, &self.dir);
+    }
+
     /// The lock file's status when it was locked.
     pub(crate) fn locked_stat(&self) -> Option<&Stat> {
         self.lock.locked_stat()
@@ -175,6 +182,74 @@ impl FsCache {
             .iter()
             .filter(|r| !matches!(r.gone.fate, Fate::Denied))
             .count())
+    }
+
+    /// In the size section `section`: take least recently used entries
+    /// (with the handle's sampler) until `want` bytes are freed or none is
+    /// left that is not in use, unlink their `object.info` files, give
+    /// their sizes back and remove them, all in this one section (which
+    /// the commit that asks holds anyway: one section instead of three,
+    /// and its name is free again if it was a victim's). Returns how many
+    /// were taken.
+    pub(crate) fn evict_held(&self, section: &mut SizeLock<'_>, want: u64) -> Result<usize> {
+        let objects = self.objects();
+        let sampler = self.sampler();
+        let mut freed = 0u64;
+        let mut taken = Vec::new();
+        let mut empty_passes = 0;
+        let mut outcome = Ok(());
+        'looking: while freed < want && empty_passes < 2 {
+            let look = match sampler.look(objects) {
+                Ok(look) => look,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            if look.wrapped {
+                empty_passes += 1;
+            }
+            let mut next = look.oldest;
+            while let Some(c) = next {
+                match self.take_victim(&c.name, Some(c.last_use)) {
+                    Ok(Take::Held(v)) => match unlink_info(&v.dir) {
+                        Ok(had) => {
+                            if had {
+                                freed = freed.saturating_add(v.size.unwrap_or(0));
+                            }
+                            taken.push(*v);
+                            empty_passes = 0;
+                            break;
+                        }
+                        // Its lock was ours to take, its directory is not
+                        // ours to change: it stays whole and valid.
+                        Err(e) if e.is_denied() => {}
+                        Err(e) => {
+                            outcome = Err(e);
+                            break 'looking;
+                        }
+                    },
+                    Ok(_) => {}
+                    Err(e) => {
+                        outcome = Err(e);
+                        break 'looking;
+                    }
+                }
+                next = sampler.next_oldest();
+            }
+        }
+        // What is unlinked is given back, whatever else failed.
+        if freed > 0 {
+            let current = section.value()?;
+            section.set(current.saturating_sub(freed))?;
+            give_back_in(self.accounting().up_section()?.as_mut(), freed)?;
+        }
+        let count = taken.len();
+        self.count_n(crate::cache::Event::Evicted, count as u64);
+        for v in taken {
+            v.remove_rest(objects);
+        }
+        outcome.map(|()| count)
     }
 
     /// The removal protocol for entries we hold: in one size critical
