@@ -116,6 +116,43 @@
 //! healthy cache never makes one. Sums of sizes never overflow: a size past
 //! [`MAX_ENTRY_SIZE`] makes its entry invalid, and totals saturate.
 //!
+//! **Reservations** keep most commits out of the size section. After its
+//! first 32 commits, a handle takes accounted space ahead of need, in
+//! grants that double from one entry's size up to 64 MiB (or a
+//! sixty-fourth of the maximum), and commits against what is left with
+//! one `pwrite` of its *record*: the `object.info` of an anonymous
+//! `objects/uuid-*` entry of its own, `{"size": LEFT,
+//! "fscache-reservation": true}`. The record is one of the `object.info`
+//! files, so at rest `cache.size` still equals their sum; a crash leaves
+//! an unlocked record, which the sweep (or osbuild's remover) gives back;
+//! a recount reads each record under its lock before it reads the
+//! entries. What a live handle holds in reserve counts as used: osbuild,
+//! stats and eviction see the cache that much fuller until the handle
+//! closes; in a full cache a grant is four entries' worth, made room for
+//! by evicting in its own section. Durable commits and namespaces do
+//! without.
+//!
+//! **Eviction without a scan.** A commit that needs room evicts inside the
+//! size section it holds, what it needs and at most two entries of its
+//! size more toward the low watermark, and chooses them with a sampler:
+//! each handle keeps a cursor through `objects/` and a pool of the 64
+//! least recently used entries it has seen, reads 32 more last uses per
+//! eviction and evicts the oldest of the pool that is still unused. That
+//! is least recently used to within the pool: an entry unused for a whole
+//! pass of the cursor goes before anything used since, and a directory of
+//! at most 32 entries is read whole each time (exact). [`FsCache::gc`]
+//! and [`FsCache::clear`] still look at every entry and
+//! remove in exact LRU order. A load records a use by the lock file's
+//! atime, unless one was recorded less than a second ago: within a
+//! second, uses count as one.
+//!
+//! **A load checks an entry once per handle**: the first load of a name
+//! reads its `object.info` and `data`; later ones, while the same
+//! `object.lock` (device, inode, ctime, as the safe-open `fstat` reads
+//! them) is there, trust that check. Files rewritten in place under the
+//! same lock go unnoticed by a handle that checked them before, as any
+//! change to `data/` after a check would.
+//!
 //! **A free-space floor** ([`CacheInfo::min_free_bytes`], key
 //! [`MIN_FREE_KEY`] in `cache.info`, `fscache init --min-free`) makes a
 //! commit that would leave less free space on the file system evict least

@@ -56,6 +56,9 @@ pub(crate) struct SizeLock<'c> {
     on_disk: Option<u64>,
     /// The mode of the `cache.size` we locked, which replacements keep.
     mode: Option<Mode>,
+    /// A lower value to write by the end of the section (see
+    /// [`SizeLock::lower_later`]).
+    lowered: Option<u64>,
 }
 
 impl<'c> SizeLock<'c> {
@@ -79,12 +82,16 @@ impl<'c> SizeLock<'c> {
             lock,
             on_disk,
             mode,
+            lowered: None,
         }))
     }
 
     /// The value read, or [`Error::Corrupt`] if the file held no size. In
     /// a section from [`Accounting::section`] it always holds one.
     pub(crate) fn value(&self) -> Result<u64> {
+        if let Some(lowered) = self.lowered {
+            return Ok(lowered);
+        }
         self.on_disk.ok_or_else(|| {
             Error::corrupt(
                 self.root.join(CACHE_SIZE),
@@ -93,8 +100,21 @@ impl<'c> SizeLock<'c> {
         })
     }
 
+    /// Lower the total to `new` (no more than it is) by the end of the
+    /// section, in one write with whatever is set next: what was given
+    /// back in the section then costs no write of its own. Until then the
+    /// file says more than the sum, which a crash leaves as an overcount.
+    pub(crate) fn lower_later(&mut self, new: u64) -> Result<()> {
+        if new > self.value()? {
+            return self.set(new);
+        }
+        self.lowered = Some(new);
+        Ok(())
+    }
+
     /// Write `new`, staying in the critical section.
     pub(crate) fn set(&mut self, new: u64) -> Result<()> {
+        self.lowered = None;
         if self.on_disk == Some(new) {
             return Ok(());
         }
@@ -110,6 +130,15 @@ impl<'c> SizeLock<'c> {
         self.lock = held;
         self.on_disk = Some(new);
         Ok(())
+    }
+}
+
+impl Drop for SizeLock<'_> {
+    fn drop(&mut self) {
+        // Failing here leaves the total too high, never too low.
+        if let Some(lowered) = self.lowered.take() {
+            let _ = self.set(lowered);
+        }
     }
 }
 
@@ -399,6 +428,7 @@ impl<'c> Accounting<'c> {
                 lock,
                 on_disk: None,
                 mode: None,
+                lowered: None,
             })),
             // osbuild's scaffolding put a new one there first.
             None => Ok(None),

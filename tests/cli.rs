@@ -91,6 +91,7 @@ const STATS: Schema = &[
     ("invalid_entries", &[T::Int]),
     ("accounted_bytes", &[T::Int, T::Null]),
     ("recorded_bytes", &[T::Int]),
+    ("reserved_bytes", &[T::Int]),
     ("measured_bytes", &[T::Int]),
     ("maximum_bytes", &[T::Int, T::Null]),
     ("low_watermark_bytes", &[T::Int, T::Null]),

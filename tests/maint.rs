@@ -116,13 +116,15 @@ fn eviction_gc_and_clear_remove_many_batches_in_lru_order_and_stay_exact() -> Te
     let each = cache.accounted_size()? / 150;
     cache.set_maximum_size(MaxSize::Bytes(each * 150))?;
 
-    // An entry of 70 others' size: eviction frees down to 90% with it in.
+    // An entry of 70 others' size.
     let big = cache.store("big")?;
     let file = big.path().join("f");
     std::fs::write(&file, vec![7u8; (each * 70 - each / 2) as usize])?;
     assert!(big.commit().map_err(fscache::Error::from)?.is_stored());
     let evicted = 150 - (entries(&root).len() - 1);
-    assert!(evicted > 64, "one batch is not enough: {evicted}");
+    // It displaced about seventy entries (less what the handle had in
+    // reserve), all in its one size section.
+    assert!(evicted >= 60, "it made room: {evicted}");
     let mut survivors = entries(&root);
     survivors.retain(|n| n != "big");
     // A commit chooses with its sampler (least recently used to within
@@ -433,7 +435,9 @@ fn a_full_cache_of_thousands_evicts_close_to_lru_one_entry_per_store() -> TestRe
         most = most.max(gone);
     }
     println!("300 stores into the full cache: {:?}", start.elapsed());
-    assert!(most <= 3, "a store evicted {most} entries");
+    // A grant in a full cache holds four entries' worth, room made for it
+    // at once; a store evicts about one entry on average.
+    assert!(most <= 5, "a store evicted {most} entries");
     let left: Vec<usize> = entries(&root)
         .iter()
         .filter_map(|n| n.strip_prefix("old")?.parse().ok())
@@ -445,6 +449,7 @@ fn a_full_cache_of_thousands_evicts_close_to_lru_one_entry_per_store() -> TestRe
         evicted.len()
     );
     assert!(evicted.len() >= 300, "each store made room");
+    assert!(evicted.len() <= 310, "and not much more: {}", evicted.len());
     assert!(
         worst < n / 4,
         "only old entries go: the newest evicted is {worst} of {n}"

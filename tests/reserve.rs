@@ -52,6 +52,13 @@ fn a_busy_handle_commits_against_a_reservation_that_is_always_exactly_accounted(
         replaced <= 22 + 10,
         "most commits leave cache.size alone: {replaced}"
     );
+    let stats = cache.stats()?;
+    assert!(stats.reserved_bytes > 0, "{stats:?}");
+    assert_eq!(
+        stats.accounted_bytes,
+        Some(stats.recorded_bytes + stats.reserved_bytes),
+        "what is accounted is in an entry or in reserve"
+    );
     // A recount while the reservation is live counts it once.
     cache.resync()?;
     assert_exact(&root);

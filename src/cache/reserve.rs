@@ -16,10 +16,13 @@
 //!   the record does. Grants double, from one entry's size up to a chunk
 //!   ([`MAX_CHUNK`] or a sixty-fourth of the maximum, whichever is less),
 //!   and a handle's first [`COMMITS_BEFORE_RESERVING`] commits take none:
-//!   a process that stores a few entries never makes a reservation. When a grant would not fit without
-//!   evicting, the handle gives back what it has left and commits that
-//!   entry in the section, as if it had no reservation: a full cache
-//!   evicts for each entry, one at a time, and holds no reservations.
+//!   a process that stores a few entries never makes a reservation. In a
+//!   full cache a grant holds [`FULL_GRANT_ENTRIES`] entries of the size
+//!   being committed, and the room for it is made by evicting in the
+//!   grant's own section: a commit there pays for one removal, and one in
+//!   that many for a section. Where even that finds no room (entries in
+//!   use) or the free-space floor is reached, the handle gives back what
+//!   it has left and commits in the section, evicting as it must.
 //! - **Committing against it**: with the record's lock held, write the
 //!   record less the entry's size, then the entry's `object.info`, rename
 //!   the entry into place, release. A name taken gives the size back to
@@ -63,7 +66,7 @@ use crate::error::{not_a_file, IoContext, Op, Result};
 use crate::info::{CacheInfo, MaxSize, ObjectInfo};
 use crate::layout::{in_entry, is_anonymous, unlink_info, OBJECT_INFO};
 use crate::lock::{lock_fd, unlock_fd, LockKind};
-use crate::size::{write_info, Accounting, Held};
+use crate::size::{write_info, Accounting, Held, SizeLock};
 use crate::FsCache;
 
 /// The key that marks an `object.info` as a handle's reservation.
@@ -83,6 +86,12 @@ const COMMITS_BEFORE_RESERVING: u32 = 32;
 /// After a grant did not fit, how many commits go straight to the section
 /// (which they need in a full cache, to evict) before the next try.
 const SKIP_WHEN_FULL: u32 = 64;
+
+/// In a full cache, how many entries of its size a grant holds at most
+/// (and never more than a chunk beyond its own): room for them is made by
+/// evicting in the grant's section, so a commit in a full cache pays a
+/// removal and, one in this many, a section.
+const FULL_GRANT_ENTRIES: u64 = 4;
 
 /// The longest `object.info` a recount reads.
 const MAX_READ: usize = 4096;
@@ -333,14 +342,32 @@ impl FsCache {
         cfg: &CacheInfo,
     ) -> Result<bool> {
         let mut section = accounting.section()?;
-        let current = section.value()?;
         let left = state.reservation.as_ref().map_or(0, |r| r.left);
-        let base = current.saturating_sub(left);
-        let grant = size.saturating_add(state.extra);
-        let fits = cfg.effective_maximum().admits(base.saturating_add(grant))
-            && accounting.below_floor(cfg)? == 0;
-        if !fits {
-            // Full: commit in the section, evicting, and hold nothing in
+        let mut grant = size.saturating_add(state.extra);
+        let max = cfg.effective_maximum();
+        let fits = |section: &SizeLock<'_>, grant: u64| -> Result<bool> {
+            let base = section.value()?.saturating_sub(left);
+            Ok(max.admits(base.saturating_add(grant)))
+        };
+        let floor_ok = accounting.below_floor(cfg)? == 0;
+        if floor_ok && !fits(&section, grant)? {
+            // Full: a small grant, room made for it in this section, so
+            // that the next few commits need neither eviction nor section.
+            let extra = state
+                .extra
+                .min(size.saturating_mul(FULL_GRANT_ENTRIES - 1))
+                .min(chunk(cfg));
+            grant = size.saturating_add(extra);
+            if let MaxSize::Bytes(max) = max {
+                let base = section.value()?.saturating_sub(left);
+                let need = base.saturating_add(grant).saturating_sub(max);
+                self.evict_held(&mut section, need)?;
+            }
+        }
+        let base = section.value()?.saturating_sub(left);
+        if !floor_ok || !fits(&section, grant)? {
+            // No room even so (entries in use), or short of disk space:
+            // commit in the section, evicting, and hold nothing in
             // reserve that others could use; try again a while later.
             if let Some(r) = state.reservation.as_mut().filter(|r| r.left > 0) {
                 r.write(0)?;

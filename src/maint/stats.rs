@@ -24,6 +24,10 @@ pub struct Stats {
     pub accounted_bytes: Option<u64>,
     /// The sum of the sizes recorded in the entries' `object.info`.
     pub recorded_bytes: u64,
+    /// What handles hold in reserve (the crate docs, *Reservations*):
+    /// accounted in `cache.size`, in no entry yet. A dead handle's counts
+    /// until a sweep gives it back.
+    pub reserved_bytes: u64,
     /// What the entries' `data/` trees occupy now, measured.
     pub measured_bytes: u64,
     /// The configured maximum.
@@ -91,6 +95,7 @@ impl FsCache {
             entries: 0,
             accounted_bytes: crate::size::read_unlocked(self.root())?,
             recorded_bytes: 0,
+            reserved_bytes: crate::cache::reserved_in(self.objects())?.0,
             measured_bytes: 0,
             maximum: info.effective_maximum(),
             orphans: 0,

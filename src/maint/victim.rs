@@ -241,7 +241,7 @@ impl FsCache {
         // What is unlinked is given back, whatever else failed.
         if freed > 0 {
             let current = section.value()?;
-            section.set(current.saturating_sub(freed))?;
+            section.lower_later(current.saturating_sub(freed))?;
             give_back_in(self.accounting().up_section()?.as_mut(), freed)?;
         }
         let count = taken.len();

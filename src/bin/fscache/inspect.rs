@@ -101,6 +101,7 @@ pub fn stats(opener: &Opener, target: &Target, zero: bool, out: &mut Out) -> Res
             "invalid_entries": s.invalid_entries,
             "accounted_bytes": s.accounted_bytes,
             "recorded_bytes": s.recorded_bytes,
+            "reserved_bytes": s.reserved_bytes,
             "measured_bytes": s.measured_bytes,
             "maximum_bytes": max_json(s.maximum),
             "low_watermark_bytes": max_json(low),
@@ -139,6 +140,11 @@ pub fn stats(opener: &Opener, target: &Target, zero: bool, out: &mut Out) -> Res
         out,
         "recorded:         {} (object.info sizes)",
         bytes(s.recorded_bytes)
+    )?;
+    writeln!(
+        out,
+        "reserved:         {} (held ahead by handles, in no entry)",
+        bytes(s.reserved_bytes)
     )?;
     writeln!(
         out,
