@@ -287,6 +287,8 @@ mod layout;
 pub mod lock;
 mod maint;
 mod name;
+#[cfg(feature = "archive")]
+pub mod remote;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod replay;
