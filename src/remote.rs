@@ -141,12 +141,12 @@ mod tiered;
 
 #[cfg(feature = "remote")]
 pub use client::{RemoteOp, Tuning};
-#[cfg(feature = "remote")]
-pub use tiered::{Fetch, Remote, RemoteCounters, RemoteEntry, Stored, TieredCache, Upload};
 /// The `object_store` crate this tier is built on, so that callers name
 /// the same version (to build a store of their own for [`Remote::new`]).
 #[cfg(feature = "remote")]
 pub use object_store;
+#[cfg(feature = "remote")]
+pub use tiered::{Fetch, Remote, RemoteCounters, RemoteEntry, Stored, TieredCache, Upload};
 
 #[allow(unused_imports)]
 use crate::{Error, FsCache, StoreGuard};
@@ -216,9 +216,21 @@ mod tests {
 
     #[test]
     fn every_valid_name_escapes_to_a_key_segment_and_back() {
-        for name in ["a", "...", "gcc-13_x.y", "with space", "ünï/", "%41", "UUID-x"] {
+        for name in [
+            "a",
+            "...",
+            "gcc-13_x.y",
+            "with space",
+            "ünï/",
+            "%41",
+            "UUID-x",
+        ] {
             let e = escape(name);
-            assert!(e.bytes().all(|b| b.is_ascii_alphanumeric() || b".%_-".contains(&b)), "{e}");
+            assert!(
+                e.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".%_-".contains(&b)),
+                "{e}"
+            );
             let back = unescape(&e);
             if crate::validate_name(name).is_ok() {
                 assert_eq!(back.as_deref(), Some(name), "{name:?}");

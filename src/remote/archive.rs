@@ -254,7 +254,9 @@ impl Read for Exact {
         if self.left == 0 {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = self.file.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::new(
@@ -478,8 +480,7 @@ fn open_rel(root: BorrowedFd<'_>, rel: &[u8]) -> rustix::io::Result<OwnedFd> {
 /// The names in a directory, without `.` and `..`.
 fn list(dir: &OwnedFd) -> rustix::io::Result<Vec<Vec<u8>>> {
     let mut names = Vec::new();
-    let mut entries = rustix::fs::Dir::read_from(dir)?;
-    while let Some(entry) = entries.next() {
+    for entry in rustix::fs::Dir::read_from(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
@@ -558,7 +559,13 @@ fn checksum_ok(block: &[u8; BLOCK]) -> bool {
     let sum: u64 = block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(b)
+            }
+        })
         .sum();
     let field = &block[148..156];
     let digits: Vec<u8> = field
@@ -721,7 +728,9 @@ pub fn unpack<R: Read>(
             .entry_size()
             .map_err(|_| Refusal::Malformed("a header's size does not parse"))?;
 
-        if long_name.is_none() && kind == b'0' && header.path_bytes().as_ref() == TRAILER_NAME.as_bytes()
+        if long_name.is_none()
+            && kind == b'0'
+            && header.path_bytes().as_ref() == TRAILER_NAME.as_bytes()
         {
             if trailer {
                 return Err(Refusal::Trailer("there are two").into());
@@ -780,7 +789,6 @@ pub fn unpack<R: Read>(
             }
             .into());
         }
-        let rel = member_path(&raw_path)?;
         match kind {
             b'0' | 0 | b'5' | b'2' => {}
             b'1' => return Err(Refusal::HardLink { path: shown() }.into()),
@@ -792,6 +800,7 @@ pub fn unpack<R: Read>(
                 .into())
             }
         }
+        let rel = member_path(&raw_path)?;
         if !seen.insert(rel.clone()) {
             return Err(Refusal::Duplicate { path: shown() }.into());
         }
@@ -861,7 +870,11 @@ pub fn unpack<R: Read>(
                 let fd = openat(
                     at,
                     name_os,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::RUSR | Mode::WUSR,
                 )
                 .at(Op::Create, path)

@@ -123,13 +123,8 @@ impl Tuning {
     }
 }
 
-/// An S3 store for `s3://BUCKET[/PREFIX]`, configured from the `AWS_*`
-/// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-/// `AWS_REGION`, `AWS_ENDPOINT_URL`, ...), with create-only puts and
-/// copies turned on; plain HTTP is allowed when the endpoint is an
-/// `http://` URL. Returns the store, the prefix and the endpoint to name
-/// in messages.
-pub(crate) fn s3_from_url(url: &str, tuning: &Tuning) -> Result<(Arc<dyn ObjectStore>, String, String)> {
+/// The bucket and prefix of `s3://BUCKET[/PREFIX]`.
+pub(crate) fn parse_s3_url(url: &str) -> Result<(String, String)> {
     let invalid = |reason| Error::InvalidConfig {
         key: "remote",
         reason,
@@ -141,15 +136,38 @@ pub(crate) fn s3_from_url(url: &str, tuning: &Tuning) -> Result<(Arc<dyn ObjectS
     if bucket.is_empty() {
         return Err(invalid("the remote URL names no bucket"));
     }
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    Ok((bucket.to_owned(), prefix.to_owned()))
+}
+
+/// An S3 store from `builder`, with create-only puts and copies turned
+/// on, `tuning`'s timeouts and retries, the region `us-east-1` unless one
+/// is set, and plain HTTP allowed when the endpoint is an `http://` URL.
+/// Returns the store and the endpoint to name in messages.
+pub(crate) fn s3(
+    mut builder: AmazonS3Builder,
+    tuning: &Tuning,
+) -> Result<(Arc<dyn ObjectStore>, String)> {
+    let bucket = builder
+        .get_config_value(&AmazonS3ConfigKey::Bucket)
+        .unwrap_or_default();
     let endpoint = builder
         .get_config_value(&AmazonS3ConfigKey::Endpoint)
         .filter(|e| !e.is_empty());
-    if builder.get_config_value(&AmazonS3ConfigKey::Region).is_none() {
+    if builder
+        .get_config_value(&AmazonS3ConfigKey::Region)
+        .is_none_or(|r| r.is_empty())
+    {
         builder = builder.with_region("us-east-1");
     }
+    let shown = match &endpoint {
+        Some(e) => format!("{}/{bucket}", without_userinfo(e.trim_end_matches('/'))),
+        None => format!("s3://{bucket}"),
+    };
     let mut options = tuning.client_options();
-    if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) {
+    if endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"))
+    {
         options = options.with_allow_http(true);
     }
     let store = builder
@@ -160,15 +178,11 @@ pub(crate) fn s3_from_url(url: &str, tuning: &Tuning) -> Result<(Arc<dyn ObjectS
         .build()
         .map_err(|e| Error::Remote {
             op: RemoteOp::Configure,
-            key: prefix.to_owned(),
-            endpoint: format!("s3://{bucket}"),
+            key: String::new(),
+            endpoint: shown.clone(),
             source: Box::new(e),
         })?;
-    let shown = match endpoint {
-        Some(e) => format!("{}/{bucket}", without_userinfo(e.trim_end_matches('/'))),
-        None => format!("s3://{bucket}"),
-    };
-    Ok((Arc::new(store), prefix.to_owned(), shown))
+    Ok((Arc::new(store), shown))
 }
 
 /// `scheme://user:secret@host/...` without `user:secret@`: an endpoint
@@ -211,7 +225,11 @@ pub(crate) enum Put {
 }
 
 impl Client {
-    pub(crate) fn new(store: Arc<dyn ObjectStore>, endpoint: String, part_size: usize) -> Result<Client> {
+    pub(crate) fn new(
+        store: Arc<dyn ObjectStore>,
+        endpoint: String,
+        part_size: usize,
+    ) -> Result<Client> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -245,7 +263,12 @@ impl Client {
 
     /// Run `fut` to completion on our runtime. Refused (not a panic)
     /// from inside another runtime, where blocking would stall it.
-    pub(crate) fn block_on<F: std::future::Future>(&self, op: RemoteOp, key: &Key, fut: F) -> Result<F::Output> {
+    pub(crate) fn block_on<F: std::future::Future>(
+        &self,
+        op: RemoteOp,
+        key: &Key,
+        fut: F,
+    ) -> Result<F::Output> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(self.error(
                 op,
@@ -435,7 +458,8 @@ impl Write for Sink<'_> {
                 }
                 // Two parts in flight at most: memory stays at about
                 // three parts whatever the archive's size.
-                let waited = client.block_on(RemoteOp::Upload, &self.staging, parts.wait_for_capacity(2));
+                let waited =
+                    client.block_on(RemoteOp::Upload, &self.staging, parts.wait_for_capacity(2));
                 match waited {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {

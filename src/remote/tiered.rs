@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -122,10 +123,13 @@ impl Remote {
         tuning: &Tuning,
     ) -> Result<Remote> {
         let prefix = prefix.trim_matches('/').to_owned();
-        if !prefix.is_empty() && Key::parse(&prefix).map(|k| k.to_string()).ok().as_ref() != Some(&prefix) {
+        if !prefix.is_empty()
+            && Key::parse(&prefix).map(|k| k.to_string()).ok().as_ref() != Some(&prefix)
+        {
             return Err(Error::InvalidConfig {
                 key: "remote",
-                reason: "the prefix has empty, `.` or `..` segments or characters a key cannot hold",
+                reason:
+                    "the prefix has empty, `.` or `..` segments or characters a key cannot hold",
             });
         }
         Ok(Remote {
@@ -157,8 +161,40 @@ impl Remote {
     ///
     /// As [`Remote::from_url`].
     pub fn from_url_with(url: &str, tuning: &Tuning) -> Result<Remote> {
-        let (store, prefix, endpoint) = client::s3_from_url(url, tuning)?;
-        Remote::with_tuning(store, &prefix, &endpoint, tuning)
+        let (bucket, prefix) = client::parse_s3_url(url)?;
+        Remote::from_s3(
+            AmazonS3Builder::from_env().with_bucket_name(bucket),
+            &prefix,
+            tuning,
+        )
+    }
+
+    /// The S3 remote that `builder` describes (bucket, endpoint,
+    /// credentials as the caller set them), at `prefix`, with create-only
+    /// puts and copies turned on, `tuning`'s timeouts and retries, region
+    /// `us-east-1` unless one is set, and plain HTTP allowed when the
+    /// endpoint is an `http://` URL.
+    ///
+    /// # Errors
+    ///
+    /// As [`Remote::from_url`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fscache::remote::{object_store::aws::AmazonS3Builder, Remote, Tuning};
+    /// let builder = AmazonS3Builder::new()
+    ///     .with_bucket_name("ci-cache")
+    ///     .with_endpoint("http://127.0.0.1:9000")
+    ///     .with_access_key_id("AKID")
+    ///     .with_secret_access_key("secret");
+    /// let remote = Remote::from_s3(builder, "team-a", &Tuning::default())?;
+    /// assert_eq!(remote.endpoint(), "http://127.0.0.1:9000/ci-cache");
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
+    pub fn from_s3(builder: AmazonS3Builder, prefix: &str, tuning: &Tuning) -> Result<Remote> {
+        let (store, endpoint) = client::s3(builder, tuning)?;
+        Remote::with_tuning(store, prefix, &endpoint, tuning)
     }
 
     /// Where the store is, as messages name it.
@@ -239,7 +275,10 @@ impl Remote {
     /// [`Error::InvalidName`]; [`Error::Remote`] ([`RemoteOp::Head`]).
     pub fn head(&self, name: &str) -> Result<Option<RemoteEntry>> {
         let key = self.key_of(name)?;
-        match self.client.block_on(RemoteOp::Head, &key, self.client.store.head(&key))? {
+        match self
+            .client
+            .block_on(RemoteOp::Head, &key, self.client.store.head(&key))?
+        {
             Ok(meta) => Ok(Some(RemoteEntry {
                 name: name.to_owned(),
                 key: key.to_string(),
@@ -261,7 +300,10 @@ impl Remote {
             return Ok(false);
         }
         let key = self.key_of(name)?;
-        match self.client.block_on(RemoteOp::Delete, &key, self.client.store.delete(&key))? {
+        match self
+            .client
+            .block_on(RemoteOp::Delete, &key, self.client.store.delete(&key))?
+        {
             Ok(()) => Ok(true),
             Err(e) if not_found(&e) => Ok(false),
             Err(e) => Err(self.client.error(RemoteOp::Delete, &key, e)),
@@ -309,7 +351,12 @@ impl Remote {
     /// ([`RemoteOp::Get`]) when the download fails; [`Error::Io`] when
     /// `dest` cannot be written. What was unpacked stays in `dest`: drop
     /// the guard to remove it.
-    pub fn download_into(&self, name: &str, dest: &Path, max_bytes: u64) -> Result<Option<Archived>> {
+    pub fn download_into(
+        &self,
+        name: &str,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> Result<Option<Archived>> {
         let key = self.key_of(name)?;
         let Some((mut body, size)) = self.client.get(&key)? else {
             return Ok(None);
@@ -544,21 +591,19 @@ impl TieredCache {
             MaxSize::Unlimited => u64::MAX,
         };
         let mut fetched = None;
-        let built = self
-            .local
-            .get_or_build(name, &BuildOptions::new(), |data| {
-                match self.remote.download_into(name, data, max) {
-                    Ok(Some(done)) => {
-                        fetched = Some(done);
-                        Ok(())
-                    }
-                    Ok(None) => Err(NotFetched::Miss),
-                    Err(e) if matches!(e.kind(), ErrorKind::Remote | ErrorKind::RemoteCorrupt) => {
-                        Err(NotFetched::Remote(e))
-                    }
-                    Err(e) => Err(NotFetched::Local(e)),
+        let built = self.local.get_or_build(name, &BuildOptions::new(), |data| {
+            match self.remote.download_into(name, data, max) {
+                Ok(Some(done)) => {
+                    fetched = Some(done);
+                    Ok(())
                 }
-            });
+                Ok(None) => Err(NotFetched::Miss),
+                Err(e) if matches!(e.kind(), ErrorKind::Remote | ErrorKind::RemoteCorrupt) => {
+                    Err(NotFetched::Remote(e))
+                }
+                Err(e) => Err(NotFetched::Local(e)),
+            }
+        });
         match built {
             Ok(Built::Found(hit)) => {
                 self.live.bump(0);
@@ -577,7 +622,11 @@ impl TieredCache {
                 Ok(Fetch::Miss)
             }
             Err(NotFetched::Remote(e)) => {
-                self.live.bump(if e.kind() == ErrorKind::RemoteCorrupt { 4 } else { 3 });
+                self.live.bump(if e.kind() == ErrorKind::RemoteCorrupt {
+                    4
+                } else {
+                    3
+                });
                 Ok(Fetch::Failed(e))
             }
             Err(NotFetched::Local(e)) => Err(e),
