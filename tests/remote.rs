@@ -1095,3 +1095,233 @@ fn a_stopped_server_leaves_the_local_cache_working() -> TestResult {
     assert!(a.tiered.load("one")?.is_some() && a.tiered.load("two")?.is_some());
     Ok(())
 }
+
+// ---------------------------------------------------------- the command
+
+#[cfg(feature = "cli")]
+mod command {
+    use super::*;
+    use std::process::Output;
+
+    /// The command, pointed at `endpoint` through the `AWS_*` variables,
+    /// with a secret key that must never be printed.
+    fn fscache(endpoint: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_fscache"))
+            .args(args)
+            .env_remove("FSCACHE_REMOTE")
+            .env_remove("FSCACHE_DIR")
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("the command runs")
+    }
+
+    /// Run it, check its status, and that no output holds the secret.
+    #[track_caller]
+    fn expect(code: i32, endpoint: &str, args: &[&str]) -> (String, String) {
+        let out = fscache(endpoint, args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "fscache {args:?}\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        assert!(
+            !stdout.contains(SECRET) && !stderr.contains(SECRET),
+            "the secret was printed by {args:?}: {stdout} {stderr}"
+        );
+        (stdout, stderr)
+    }
+
+    fn s(p: &Path) -> &str {
+        p.to_str().expect("utf-8 path")
+    }
+
+    #[test]
+    fn two_machines_share_one_bucket_through_the_command() -> TestResult {
+        let Some(moto) = Moto::shared() else {
+            return Ok(());
+        };
+        let bucket = moto.bucket(&bucket_name("two_machines_share_one_bucket_cmd"));
+        let url = format!("s3://{bucket}/team");
+        let ep = moto.url();
+        let scratch = tempfile::tempdir()?;
+        let (a, b) = (scratch.path().join("a"), scratch.path().join("b"));
+        for dir in [&a, &b] {
+            expect(0, &ep, &["init", s(dir), "--max-size", "unlimited"]);
+        }
+        let src = tree(scratch.path(), 4);
+        let (put, _) = expect(
+            0,
+            &ep,
+            &[
+                "--remote",
+                &url,
+                "put",
+                s(&a),
+                "--name",
+                "tool",
+                "--from",
+                s(&src),
+            ],
+        );
+        assert!(put.contains("tool: uploaded"), "{put}");
+
+        let (ls, _) = expect(0, &ep, &["--remote", &url, "remote", "ls", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&ls)?;
+        assert_eq!(v["entries"][0]["name"], "tool", "{ls}");
+        assert!(
+            v["entries"][0]["bytes"].as_u64().is_some_and(|n| n > 3000),
+            "{ls}"
+        );
+        let (ls, _) = expect(0, &ep, &["--remote", &url, "remote", "ls"]);
+        assert!(ls.contains("tool") && ls.contains("1 entry on"), "{ls}");
+
+        // B: `get` falls back to the remote.
+        let out = scratch.path().join("out");
+        expect(
+            0,
+            &ep,
+            &[
+                "--remote",
+                &url,
+                "get",
+                s(&b),
+                "--name",
+                "tool",
+                "--to",
+                s(&out),
+            ],
+        );
+        assert_eq!(Digest::of_tree(&out)?, Digest::of_tree(&src)?);
+        // Without the remote, B has it locally now.
+        let again = scratch.path().join("again");
+        expect(0, &ep, &["get", s(&b), "--name", "tool", "--to", s(&again)]);
+
+        // pull: a miss is status 1; a hit is 0.
+        let (_, err) = fscache_pull(&ep, &url, &b, "absent", 1);
+        assert!(err.is_empty(), "{err}");
+        fscache_pull(&ep, &url, &b, "tool", 0);
+
+        // push uploads what the remote lacks.
+        expect(
+            0,
+            &ep,
+            &["put", s(&b), "--name", "only-b", "--from", s(&src)],
+        );
+        let (pushed, _) = expect(0, &ep, &["--remote", &url, "remote", "push", s(&b)]);
+        assert!(
+            pushed.contains("only-b: uploaded") && !pushed.contains("tool"),
+            "{pushed}"
+        );
+        let (pushed, _) = expect(0, &ep, &["--remote", &url, "remote", "push", s(&b)]);
+        assert!(pushed.contains("nothing to push"), "{pushed}");
+
+        // gc by age, dry run first.
+        let (kept, _) = expect(
+            0,
+            &ep,
+            &["--remote", &url, "remote", "gc", "--max-age", "1h"],
+        );
+        assert!(kept.contains("deleted 0 entries"), "{kept}");
+        let (dry, _) = expect(
+            0,
+            &ep,
+            &[
+                "--remote",
+                &url,
+                "remote",
+                "gc",
+                "--max-age",
+                "0s",
+                "--dry-run",
+                "--json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&dry)?;
+        assert_eq!(v["removed"].as_array().map(Vec::len), Some(2), "{dry}");
+        assert_eq!(v["dry_run"], true);
+        let (ls, _) = expect(0, &ep, &["--remote", &url, "remote", "ls"]);
+        assert!(ls.contains("2 entries"), "the dry run deleted: {ls}");
+        let (gone, _) = expect(
+            0,
+            &ep,
+            &["--remote", &url, "remote", "gc", "--max-age", "0s"],
+        );
+        assert!(gone.contains("deleted 2 entries"), "{gone}");
+        let (ls, _) = expect(0, &ep, &["--remote", &url, "remote", "ls"]);
+        assert!(ls.contains("0 entries"), "{ls}");
+        Ok(())
+    }
+
+    fn fscache_pull(ep: &str, url: &str, dir: &Path, name: &str, code: i32) -> (String, String) {
+        expect(
+            code,
+            ep,
+            &["--remote", url, "remote", "pull", s(dir), "--", name],
+        )
+    }
+
+    #[test]
+    fn an_unreachable_remote_is_reported_without_credentials() -> TestResult {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let ep = format!("http://127.0.0.1:{port}");
+        let url = "s3://nowhere/p";
+        let scratch = tempfile::tempdir()?;
+        let dir = scratch.path().join("c");
+        expect(0, &ep, &["init", s(&dir), "--max-size", "unlimited"]);
+        let (_, err) = expect(1, &ep, &["--remote", url, "remote", "ls"]);
+        assert!(
+            err.starts_with("fscache: failed to list `p/fscache-v1` at http://127.0.0.1:"),
+            "{err}"
+        );
+        // A put stands locally and warns; a get misses and warns.
+        let src = tree(scratch.path(), 5);
+        let (out, err) = expect(
+            0,
+            &ep,
+            &[
+                "--remote",
+                url,
+                "put",
+                s(&dir),
+                "--name",
+                "x",
+                "--from",
+                s(&src),
+            ],
+        );
+        assert!(out.contains("x: stored"), "{out}");
+        assert!(
+            err.contains("upload deferred") && err.contains(&ep),
+            "{err}"
+        );
+        let (_, err) = expect(
+            1,
+            &ep,
+            &[
+                "--remote",
+                url,
+                "get",
+                s(&dir),
+                "--name",
+                "y",
+                "--to",
+                s(&scratch.path().join("o")),
+            ],
+        );
+        assert!(err.contains("the remote failed"), "{err}");
+        let (_, err) = expect(1, &ep, &["--remote", url, "remote", "push", s(&dir)]);
+        assert!(err.contains("failed to list"), "{err}");
+        // No remote at all is an error that says how to give one.
+        let (_, err) = expect(1, &ep, &["remote", "ls"]);
+        assert!(err.contains("--remote"), "{err}");
+        Ok(())
+    }
+}
