@@ -4,7 +4,8 @@
 //! the server, and hostile objects uploaded raw.
 //!
 //! Skips (with a message) when no `moto_server` is found: `$FSCACHE_MOTO`,
-//! then `/tmp/motovenv/bin/moto_server`, then `PATH`. `.ci/run` makes one.
+//! then `/tmp/motovenv/bin/moto_server`, then `PATH`; with
+//! `$FSCACHE_REQUIRE_MOTO` set they fail instead. `.ci/run` makes one.
 
 #![cfg(feature = "remote")]
 
@@ -56,6 +57,10 @@ impl Moto {
     /// Start one; `None` (after saying so) when there is no moto.
     fn start() -> Option<Moto> {
         let Some(bin) = moto_binary() else {
+            assert!(
+                std::env::var_os("FSCACHE_REQUIRE_MOTO").is_none(),
+                "FSCACHE_REQUIRE_MOTO is set but no moto_server was found"
+            );
             eprintln!("skipped: no moto_server (set FSCACHE_MOTO, or pip install 'moto[server]')");
             return None;
         };
