@@ -1330,3 +1330,24 @@ mod command {
         Ok(())
     }
 }
+
+#[test]
+fn inside_an_async_runtime_the_tier_refuses_rather_than_panics() -> TestResult {
+    use fscache::remote::object_store::memory::InMemory;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let dir = tempfile::tempdir()?;
+    let refused = rt.block_on(async {
+        let local = FsCache::open("remote-test", dir.path())?;
+        local.set_maximum_size(MaxSize::Unlimited)?;
+        let tiered = TieredCache::new(
+            local,
+            Remote::new(Arc::new(InMemory::new()), "p", "memory")?,
+        );
+        let got = tiered.get("x")?;
+        // Dropping its runtime here must not panic either.
+        drop(tiered);
+        Ok::<_, Error>(matches!(got, Fetch::Failed(e) if e.kind() == ErrorKind::Remote))
+    })?;
+    assert!(refused, "a blocking call inside a runtime is refused");
+    Ok(())
+}

@@ -202,7 +202,8 @@ pub(crate) fn without_userinfo(url: &str) -> String {
 /// The store, the runtime that drives it, and where it is.
 pub(crate) struct Client {
     pub(crate) store: Arc<dyn ObjectStore>,
-    rt: tokio::runtime::Runtime,
+    /// `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
     pub(crate) endpoint: String,
     pub(crate) part_size: usize,
 }
@@ -224,7 +225,25 @@ pub(crate) enum Put {
     Exists,
 }
 
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside another runtime:
+        // there, let it shut down in the background.
+        if let Some(rt) = self.runtime.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rt.shutdown_background();
+            }
+        }
+    }
+}
+
 impl Client {
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the runtime is taken only by drop")
+    }
+
     pub(crate) fn new(
         store: Arc<dyn ObjectStore>,
         endpoint: String,
@@ -241,7 +260,7 @@ impl Client {
             })?;
         Ok(Client {
             store,
-            rt,
+            runtime: Some(rt),
             endpoint,
             part_size: part_size.max(5 << 20),
         })
@@ -276,7 +295,7 @@ impl Client {
                 "the remote tier blocks; call it outside an async runtime (e.g. from spawn_blocking)",
             ));
         }
-        Ok(self.rt.block_on(fut))
+        Ok(self.rt().block_on(fut))
     }
 
     /// A blocking reader of the object at `key`, or `None` if there is
@@ -332,7 +351,7 @@ pub(crate) struct Body<'a> {
 impl Read for Body<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.chunk.is_empty() {
-            match self.client.rt.block_on(self.stream.next()) {
+            match self.client.rt().block_on(self.stream.next()) {
                 Some(Ok(chunk)) => self.chunk = chunk,
                 Some(Err(e)) => {
                     let message = e.to_string();
@@ -385,7 +404,7 @@ impl Sink<'_> {
         let mut parts = WriteMultipart::new_with_chunk_size(upload, client.part_size);
         {
             // `write` spawns the part uploads on the runtime.
-            let _inside = client.rt.enter();
+            let _inside = client.rt().enter();
             parts.write(&self.buf);
         }
         self.buf = Vec::new();
@@ -453,7 +472,7 @@ impl Write for Sink<'_> {
             Some(parts) => {
                 let client = self.client;
                 {
-                    let _inside = client.rt.enter();
+                    let _inside = client.rt().enter();
                     parts.write(data);
                 }
                 // Two parts in flight at most: memory stays at about
