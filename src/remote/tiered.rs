@@ -268,6 +268,64 @@ impl Remote {
             .collect())
     }
 
+    /// The staging objects of uploads in parts (see *Uploads* in
+    /// [`crate::remote`]): each is deleted by its upload once copied to its
+    /// key, so one that stays was left by a process that died in between.
+    /// `name` is the staging object's last key segment.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Remote`] ([`RemoteOp::List`]).
+    pub fn staging(&self) -> Result<Vec<RemoteEntry>> {
+        let dir = Key::from(self.dir(STAGING));
+        let listing = self.client.store.list(Some(&dir)).try_collect::<Vec<_>>();
+        let metas = self
+            .client
+            .block_on(RemoteOp::List, &dir, listing)?
+            .map_err(|e| self.client.error(RemoteOp::List, &dir, e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta.location.filename()?.to_owned();
+                Some(RemoteEntry {
+                    name,
+                    key: meta.location.to_string(),
+                    bytes: meta.size,
+                    last_modified: meta.last_modified.into(),
+                })
+            })
+            .collect())
+    }
+
+    /// Delete a staging object that [`Remote::staging`] listed. One still
+    /// being copied by a live upload makes that upload fail (deferred),
+    /// never publishes a partial object: delete only old ones.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a key outside the staging area;
+    /// [`Error::Remote`] ([`RemoteOp::Delete`]).
+    pub fn delete_staging(&self, staged: &RemoteEntry) -> Result<()> {
+        let dir = format!("{}/", self.dir(STAGING));
+        let key = Key::parse(&staged.key)
+            .ok()
+            .filter(|k| k.as_ref().starts_with(&dir));
+        let Some(key) = key else {
+            return Err(Error::InvalidConfig {
+                key: "remote",
+                reason: "not a staging object of this remote",
+            });
+        };
+        match self
+            .client
+            .block_on(RemoteOp::Delete, &key, self.client.store.delete(&key))?
+        {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(self.client.error(RemoteOp::Delete, &key, e)),
+        }
+    }
+
     /// The entry `name` on the remote, if it is there.
     ///
     /// # Errors
@@ -643,6 +701,73 @@ impl TieredCache {
             Fetch::Local(hit) | Fetch::Remote { entry: hit, .. } => Some(hit),
             _ => None,
         })
+    }
+
+    /// The entry `name` from either tier, or else built by `build` (see
+    /// [`FsCache::get_or_build`]: one local asker builds, the others wait
+    /// for it) and uploaded. The upload is `Some` only when this call
+    /// built and stored the entry; a remote failure never fails the call
+    /// (a failed fetch builds, a failed upload is [`Upload::Deferred`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`FsCache::get_or_build`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use fscache::remote::{object_store::memory::InMemory, Remote, TieredCache, Upload};
+    /// use fscache::{BuildOptions, Built, FsCache, MaxSize};
+    /// let bucket = Arc::new(InMemory::new());
+    /// let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    /// let machine = |dir: &std::path::Path| -> fscache::Result<TieredCache> {
+    ///     let local = FsCache::open("my-tool", dir)?;
+    ///     local.set_maximum_size(MaxSize::Unlimited)?;
+    ///     Ok(TieredCache::new(local, Remote::new(bucket.clone(), "ci", "memory")?))
+    /// };
+    /// let build = |data: &std::path::Path| {
+    ///     std::fs::write(data.join("out.o"), b"\x7fELF").map_err(|e| fscache::Error::Io {
+    ///         op: fscache::Op::Write,
+    ///         path: data.join("out.o"),
+    ///         source: e,
+    ///     })
+    /// };
+    /// let (built, upload) = machine(a.path())?.get_or_build("gcc", &BuildOptions::new(), build)?;
+    /// assert!(matches!(built, Built::Stored(_)));
+    /// assert!(matches!(upload, Some(Upload::Uploaded { .. })));
+    /// // Machine B finds it on the remote and builds nothing.
+    /// let (built, upload) = machine(b.path())?.get_or_build("gcc", &BuildOptions::new(), |_| -> fscache::Result<()> {
+    ///     unreachable!("on the remote")
+    /// })?;
+    /// assert!(matches!(built, Built::Found(_)) && upload.is_none());
+    /// # Ok::<(), fscache::Error>(())
+    /// ```
+    pub fn get_or_build<F, E>(
+        &self,
+        name: &str,
+        options: &BuildOptions,
+        build: F,
+    ) -> Result<(Built, Option<Upload>), E>
+    where
+        F: FnOnce(&Path) -> Result<(), E>,
+        E: From<Error>,
+    {
+        match self.get(name)? {
+            Fetch::Local(hit) | Fetch::Remote { entry: hit, .. } => {
+                return Ok((Built::Found(hit), None))
+            }
+            Fetch::Uncached { entry, outcome } => {
+                return Ok((Built::Uncached { entry, outcome }, None))
+            }
+            _ => {}
+        }
+        let built = self.local.get_or_build(name, options, build)?;
+        let upload = match &built {
+            Built::Stored(hit) => Some(self.upload(hit)),
+            _ => None,
+        };
+        Ok((built, upload))
     }
 
     /// Commit `entry` locally, then, if it was stored, upload it.

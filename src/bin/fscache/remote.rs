@@ -45,7 +45,8 @@ pub enum RemoteCommand {
         json: bool,
     },
     /// Delete the remote's entries older than --max-age (by when they
-    /// were uploaded, from the listing).
+    /// were uploaded, from the listing), and staging objects of uploads
+    /// that died older than that.
     Gc {
         /// Delete entries uploaded longer ago than this.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -295,6 +296,21 @@ fn gc(
             removed.push(e);
         }
     }
+    // Staging objects a dead upload left (each upload deletes its own).
+    let mut stale: Vec<RemoteEntry> = remote
+        .staging()?
+        .into_iter()
+        .filter(|e| {
+            now.duration_since(e.last_modified)
+                .is_ok_and(|age| age > max_age)
+        })
+        .collect();
+    stale.sort_by(|a, b| a.key.cmp(&b.key));
+    if !dry_run {
+        for e in &stale {
+            remote.delete_staging(e)?;
+        }
+    }
     let freed: u64 = removed.iter().map(|e| e.bytes).sum();
     if as_json {
         out.json(&json!({
@@ -302,10 +318,19 @@ fn gc(
             "dry_run": dry_run,
             "removed": removed.iter().map(|e| entry_json(e, now)).collect::<Vec<_>>(),
             "freed_bytes": freed,
+            "stale_staging": stale.iter().map(|e| json!({"key": e.key, "bytes": e.bytes})).collect::<Vec<_>>(),
         }))?;
         return Ok(Status::Ok);
     }
     let verb = if dry_run { "would delete" } else { "deleted" };
+    for e in &stale {
+        writeln!(
+            out,
+            "{verb} stale staging object {} ({})",
+            e.key,
+            bytes(e.bytes)
+        )?;
+    }
     for e in &removed {
         writeln!(
             out,
