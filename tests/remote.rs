@@ -1324,8 +1324,8 @@ mod command {
         assert!(err.contains("the remote failed"), "{err}");
         let (_, err) = expect(1, &ep, &["--remote", url, "remote", "push", s(&dir)]);
         assert!(err.contains("failed to list"), "{err}");
-        // No remote at all is an error that says how to give one.
-        let (_, err) = expect(1, &ep, &["remote", "ls"]);
+        // No remote at all is a usage error that says how to give one.
+        let (_, err) = expect(2, &ep, &["remote", "ls"]);
         assert!(err.contains("--remote"), "{err}");
         Ok(())
     }

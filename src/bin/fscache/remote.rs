@@ -116,6 +116,10 @@ pub fn run(
     command: &RemoteCommand,
     out: &mut Out,
 ) -> Result<Status, Failure> {
+    if url.is_none() {
+        warn_line("fscache: no remote: give --remote s3://BUCKET[/PREFIX] or set $FSCACHE_REMOTE");
+        return Ok(Status::Usage);
+    }
     let remote = open_remote(url)?;
     match command {
         RemoteCommand::Push { target } => push(opener, remote, target, out),
