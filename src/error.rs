@@ -178,6 +178,33 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A request to the remote tier failed (refused, timed out, answered
+    /// with an error after the bounded retries). Never carries
+    /// credentials: `endpoint` is the store's URL without user
+    /// information.
+    #[cfg(feature = "remote")]
+    #[error("failed to {op} `{key}` at {endpoint}")]
+    Remote {
+        /// What was attempted.
+        op: crate::remote::RemoteOp,
+        /// The object key (or the prefix, for a listing).
+        key: String,
+        /// Where the store is.
+        endpoint: String,
+        /// The cause, from `object_store` (or the archive writer).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An object of the remote tier is not an archive this crate accepts:
+    /// it was refused before anything of it was committed.
+    #[cfg(feature = "archive")]
+    #[error("remote object `{key}` refused: {reason}")]
+    RemoteCorrupt {
+        /// The object key.
+        key: String,
+        /// Why it was refused.
+        reason: crate::remote::archive::Refusal,
+    },
 }
 
 /// A coarse classification of an [`Error`], for callers who branch on it.
@@ -201,6 +228,12 @@ pub enum ErrorKind {
     NotACache,
     /// [`Error::NoCacheHome`].
     NoCacheHome,
+    /// `Error::Remote` (feature `remote`): the remote tier could not be
+    /// reached or answered with an error.
+    Remote,
+    /// `Error::RemoteCorrupt` (feature `archive`): a remote object was
+    /// refused.
+    RemoteCorrupt,
 }
 
 impl Error {
@@ -215,6 +248,10 @@ impl Error {
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::NotACache { .. } => ErrorKind::NotACache,
             Error::NoCacheHome => ErrorKind::NoCacheHome,
+            #[cfg(feature = "remote")]
+            Error::Remote { .. } => ErrorKind::Remote,
+            #[cfg(feature = "archive")]
+            Error::RemoteCorrupt { .. } => ErrorKind::RemoteCorrupt,
         }
     }
 
@@ -229,6 +266,10 @@ impl Error {
             | Error::NotACache { path, .. } => Some(path),
             Error::Rename { from, .. } => Some(from),
             Error::InvalidName { .. } | Error::InvalidConfig { .. } | Error::NoCacheHome => None,
+            #[cfg(feature = "remote")]
+            Error::Remote { .. } => None,
+            #[cfg(feature = "archive")]
+            Error::RemoteCorrupt { .. } => None,
         }
     }
 

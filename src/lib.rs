@@ -252,6 +252,14 @@
 //! [`Counters::mismatches`]. [`Integrity::None`], the default, costs
 //! nothing.
 //!
+//! # A remote tier
+//!
+//! With the `remote` feature, `fscache::remote::TieredCache` puts an object store
+//! (S3 and friends, through `object_store`) behind a cache, so that
+//! entries built on one machine are hits on another; the object format,
+//! the checks a download passes and the failure model are in
+//! `fscache::remote`'s documentation.
+//!
 //! # Security
 //!
 //! Every operation works relative to descriptors of the cache directories
@@ -324,6 +332,8 @@ mod layout;
 pub mod lock;
 mod maint;
 mod name;
+#[cfg(feature = "archive")]
+pub mod remote;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod replay;

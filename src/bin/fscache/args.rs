@@ -43,6 +43,13 @@ pub struct Cli {
     /// itself (e.g. `5s`, `2m`; `0`: not at all).
     #[arg(long, global = true, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
     pub wait: Duration,
+    /// A remote tier, `s3://BUCKET[/PREFIX]`, for `remote`, and behind
+    /// `get` (a local miss is fetched from it) and `put` (the entry is
+    /// uploaded). Credentials, region and endpoint come from the `AWS_*`
+    /// variables (`AWS_ENDPOINT_URL` for a server other than AWS).
+    #[cfg(feature = "remote")]
+    #[arg(long, global = true, env = "FSCACHE_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -233,6 +240,11 @@ pub enum Command {
     /// Run many processes of random work against a cache and check every
     /// invariant at the end; exits non-zero on any violation.
     Stress(stress::Args),
+    /// The remote tier (`--remote URL` or $FSCACHE_REMOTE): upload local
+    /// entries, fetch entries, list and prune the remote.
+    #[cfg(feature = "remote")]
+    #[command(subcommand)]
+    Remote(crate::remote::RemoteCommand),
     /// (internal) One stress worker process.
     #[command(hide = true)]
     StressWorker(stress::WorkerArgs),
@@ -278,7 +290,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// An entry name the cache can hold.
-fn parse_name(s: &str) -> Result<String, String> {
+pub fn parse_name(s: &str) -> Result<String, String> {
     fscache::validate_name(s)
         .map(str::to_owned)
         .map_err(|e| e.to_string())

@@ -7,7 +7,9 @@
 //! `verify`), `doctor` (what the file system does for a cache), `progress`
 //! (a spinner on a terminal's stderr), `stress`, `output` (a writer that
 //! ends quietly on a closed pipe, human units, shared JSON pieces) and
-//! `exit` (exit statuses and error messages).
+//! `exit` (exit statuses and error messages); with the `remote` feature,
+//! `remote` (`remote push|pull|ls|gc`, and the remote behind `get` and
+//! `put`).
 
 mod args;
 mod doctor;
@@ -18,6 +20,8 @@ mod open;
 mod output;
 mod progress;
 mod prune;
+#[cfg(feature = "remote")]
+mod remote;
 mod stress;
 mod transfer;
 
@@ -35,6 +39,10 @@ fn run(cli: Cli, out: &mut Out) -> Result<Status, Failure> {
         app_id: cli.app_id,
         wait: cli.wait,
     };
+    #[cfg(feature = "remote")]
+    let remote = cli.remote.as_deref();
+    #[cfg(not(feature = "remote"))]
+    let remote: Option<&str> = None;
     match &cli.command {
         Command::Init { target, settings } => inspect::init(&opener, target, settings, out)?,
         Command::Stats { target, zero } => inspect::stats(&opener, target, *zero, out)?,
@@ -56,8 +64,12 @@ fn run(cli: Cli, out: &mut Out) -> Result<Status, Failure> {
             name,
             from,
             digest,
-        } => return transfer::put(&opener, target, name, from, *digest, out),
-        Command::Get { target, name, to } => return transfer::get(&opener, target, name, to, out),
+        } => return transfer::put(&opener, remote, target, name, from, *digest, out),
+        Command::Get { target, name, to } => {
+            return transfer::get(&opener, remote, target, name, to, out)
+        }
+        #[cfg(feature = "remote")]
+        Command::Remote(command) => return remote::run(&opener, remote, command, out),
         Command::Verify { target, names } => return transfer::verify(&opener, target, names, out),
         Command::Clear { target } => prune::clear(&opener, target, out)?,
         Command::Sweep { target } => prune::sweep(&opener, target, out)?,

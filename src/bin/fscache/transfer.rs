@@ -18,6 +18,7 @@ use crate::progress;
 /// the cache would not keep is (exit 1).
 pub fn put(
     opener: &Opener,
+    remote: Option<&str>,
     target: &Target,
     name: &str,
     src: &Path,
@@ -29,7 +30,13 @@ pub fn put(
         options.integrity(Integrity::Record);
     }
     let cache = opener.open_with(&options, &target.dir)?;
-    let outcome = progress::while_running("copying in", || cache.store_tree(name, src))?;
+    let (outcome, upload) = match remote {
+        None => (
+            progress::while_running("copying in", || cache.store_tree(name, src))?,
+            None,
+        ),
+        Some(url) => with_remote(&cache, url, name, src)?,
+    };
     let (word, size, status) = match outcome {
         Commit::Stored { size } => ("stored", Some(size), Status::Ok),
         Commit::NameTaken => ("name_taken", None, Status::Ok),
@@ -42,27 +49,68 @@ pub fn put(
             "outcome": word,
             "size_bytes": size,
             "message": outcome.to_string(),
+            "upload": upload,
         }))?;
     } else {
         match size {
             Some(size) => writeln!(out, "{name}: stored ({})", bytes(size))?,
             None => writeln!(out, "{name}: {outcome}")?,
         }
+        if let Some(said) = upload.as_ref().and_then(|u| u["outcome"].as_str()) {
+            if said != "deferred" {
+                writeln!(out, "{name}: {}", said.replace('_', " "))?;
+            }
+        }
     }
     Ok(status)
+}
+
+/// `put` with a remote: store, then upload; the upload's outcome as JSON
+/// (a deferred one is a warning, not a failure).
+#[cfg(feature = "remote")]
+fn with_remote(
+    cache: &fscache::FsCache,
+    url: &str,
+    name: &str,
+    src: &Path,
+) -> Result<(Commit, Option<serde_json::Value>), Failure> {
+    let tiered =
+        fscache::remote::TieredCache::new(cache.clone(), crate::remote::open_remote(Some(url))?);
+    let stored =
+        progress::while_running("copying in and uploading", || tiered.store_tree(name, src))?;
+    let upload = stored
+        .upload
+        .as_ref()
+        .map(|u| crate::remote::upload_json(Some(u)));
+    Ok((stored.commit, upload))
+}
+
+/// Without the remote feature there is no `--remote`: a plain store.
+#[cfg(not(feature = "remote"))]
+fn with_remote(
+    cache: &fscache::FsCache,
+    _: &str,
+    name: &str,
+    src: &Path,
+) -> Result<(Commit, Option<serde_json::Value>), Failure> {
+    Ok((cache.store_tree(name, src)?, None))
 }
 
 /// `fscache get NAME DEST`: copy the entry out to `DEST`, which must not
 /// exist. A miss is exit 1 with a message, and creates nothing.
 pub fn get(
     opener: &Opener,
+    remote: Option<&str>,
     target: &Target,
     name: &str,
     dest: &Path,
     out: &mut Out,
 ) -> Result<Status, Failure> {
     let cache = opener.open(&target.dir)?;
-    let copied = progress::while_running("copying out", || cache.copy_out(name, dest))?;
+    let copied = match remote {
+        None => progress::while_running("copying out", || cache.copy_out(name, dest))?,
+        Some(url) => fetch(&cache, url, name, dest)?,
+    };
     if target.json {
         out.json(&json!({
             "path": path_json(cache.path()),
@@ -90,6 +138,30 @@ pub fn get(
     } else {
         Status::Error
     })
+}
+
+/// `get` with a remote: a local miss is fetched from it.
+#[cfg(feature = "remote")]
+fn fetch(
+    cache: &fscache::FsCache,
+    url: &str,
+    name: &str,
+    dest: &Path,
+) -> Result<Option<fscache::Copied>, Failure> {
+    let tiered =
+        fscache::remote::TieredCache::new(cache.clone(), crate::remote::open_remote(Some(url))?);
+    crate::remote::load_for_get(&tiered, name, dest)
+}
+
+/// Without the remote feature there is no `--remote`: a plain copy out.
+#[cfg(not(feature = "remote"))]
+fn fetch(
+    cache: &fscache::FsCache,
+    _: &str,
+    name: &str,
+    dest: &Path,
+) -> Result<Option<fscache::Copied>, Failure> {
+    Ok(cache.copy_out(name, dest)?)
 }
 
 /// `fscache verify [NAME...]`: check entries against the digest their
