@@ -6,7 +6,7 @@
 //! `cargo bench --features remote --bench remote`. Starts moto_server
 //! itself (`$FSCACHE_MOTO`, else `/tmp/motovenv/bin/moto_server`, else
 //! `PATH`), and skips with a message without one. Figures are in
-//! `BENCHMARKS-remote.md`.
+//! `BENCHMARKS.md` (Remote tier).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -116,7 +116,7 @@
 //! default part size), a download one chunk of the response body and a
 //! 64 KiB buffer. Peak RSS of a whole process that uploads or downloads
 //! a 1 GiB entry through moto on loopback is measured in
-//! `BENCHMARKS-remote.md`.
+//! `BENCHMARKS.md` (Remote tier).
 //!
 //! **Crashes.** A process that dies during an upload leaves at most an
 //! unfinished multipart upload, which S3 never shows as an object (a
