@@ -322,9 +322,7 @@ impl Dir {
                         parent: Arc::clone(self),
                         dir,
                         name,
-                        // Released when the entry is published or removed,
-                        // by the close of its descriptor.
-                        lock: lock.released_by_close(),
+                        lock,
                     });
                 }
                 Ok(None) => {

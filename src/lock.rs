@@ -87,9 +87,7 @@ pub struct FileLock {
     fd: OwnedFd,
     kind: LockKind,
     path: PathBuf,
-    /// Whether a drop releases the lock with a call of its own; cleared by
-    /// [`FileLock::unlock`], which has released already, and for locks
-    /// left to the close.
+    /// Cleared by [`FileLock::unlock`], which has released already.
     held: bool,
     /// The file's status when the safe-open loop found it in place, so
     /// that callers need not ask again (its type, the last use it had).
@@ -297,6 +295,61 @@ impl FileLock {
         })
     }
 
+    /// [`FileLock::open_at`], where a file that is not there (or is no
+    /// regular file: a link, a directory, a fifo) is `None` rather than an
+    /// error: a miss costs no error of its own.
+    pub(crate) fn open_at_if_there(
+        dir: BorrowedFd<'_>,
+        rel: &str,
+        kind: LockKind,
+        wait: Wait,
+        path: impl Fn() -> PathBuf,
+    ) -> Result<Option<Self>> {
+        let start = Instant::now();
+        loop {
+            let fd = match open_beneath(dir, rel, kind.access(), Mode::empty()) {
+                Ok(fd) => fd,
+                Err(e) if crate::error::not_a_file(e) => return Ok(None),
+                Err(e) => return Err(e).at(Op::Open, &path),
+            };
+            if let Some(lock) = Self::lock_opened(fd, dir, rel, kind, wait, start, &path)? {
+                return Ok(Some(lock));
+            }
+        }
+    }
+
+    /// Lock `fd`, opened at `rel` below `dir`, and check that it is still
+    /// the file there; `None` if it was replaced or removed meanwhile.
+    fn lock_opened(
+        fd: OwnedFd,
+        dir: BorrowedFd<'_>,
+        rel: &str,
+        kind: LockKind,
+        wait: Wait,
+        start: Instant,
+        path: &impl Fn() -> PathBuf,
+    ) -> Result<Option<Self>> {
+        let display = path();
+        // A replacement starts no new wait: a timeout bounds the whole
+        // loop, and reports the whole of it.
+        set(fd.as_fd(), kind, wait.left_since(start), &display).map_err(|e| match e {
+            Error::TimedOut { path, .. } => Error::TimedOut {
+                path,
+                after: wait.limit().unwrap_or_default(),
+            },
+            e => e,
+        })?;
+        Ok(
+            still_at(fd.as_fd(), dir, rel, &display)?.map(|st| FileLock {
+                fd,
+                kind,
+                path: display,
+                held: true,
+                locked_stat: Some(st),
+            }),
+        )
+    }
+
     /// The safe-open loop on `rel` below `dir`, with `extra` open flags
     /// (such as `O_NOATIME`). `path` names the file in errors.
     pub(crate) fn open_at(
@@ -311,37 +364,12 @@ impl FileLock {
         loop {
             let fd =
                 open_beneath(dir, rel, kind.access() | extra, Mode::empty()).at(Op::Open, &path)?;
-            let display = path();
-            // A replacement starts no new wait: a timeout bounds the whole
-            // loop, and reports the whole of it.
-            set(fd.as_fd(), kind, wait.left_since(start), &display).map_err(|e| match e {
-                Error::TimedOut { path, .. } => Error::TimedOut {
-                    path,
-                    after: wait.limit().unwrap_or_default(),
-                },
-                e => e,
-            })?;
-            if let Some(st) = still_at(fd.as_fd(), dir, rel, &display)? {
-                return Ok(FileLock {
-                    fd,
-                    kind,
-                    path: display,
-                    held: true,
-                    locked_stat: Some(st),
-                });
+            if let Some(lock) = Self::lock_opened(fd, dir, rel, kind, wait, start, &path)? {
+                return Ok(lock);
             }
             // Replaced or removed while we waited: dropping `fd` releases
             // the lock on the old file; go again.
         }
-    }
-
-    /// The same lock, left to the close of its descriptor when dropped
-    /// rather than released by a call of its own: one call fewer, for
-    /// locks taken and dropped often. A child `fork()`ed meanwhile shares
-    /// the description until it execs or exits, and holds the lock as long.
-    pub(crate) fn released_by_close(mut self) -> Self {
-        self.held = false;
-        self
     }
 
     /// The same lock, named by another path (after the file was renamed).

@@ -26,6 +26,7 @@ fn whole(l_type: libc::c_int) -> libc::flock {
 
 /// A cache root's `objects/` and `stage/`, opened once.
 pub struct Floor {
+    root: std::path::PathBuf,
     pub objects: OwnedFd,
     pub stage: OwnedFd,
     next: u64,
@@ -46,6 +47,7 @@ impl Floor {
     pub fn new(root: &Path) -> Floor {
         let open = |d: &str| openat(rustix::fs::CWD, root.join(d), DIR, Mode::empty()).expect(d);
         Floor {
+            root: root.to_owned(),
             objects: open("objects"),
             stage: open("stage"),
             next: 0,
@@ -128,9 +130,9 @@ impl Floor {
         let a = fstat(&lock).expect("fstat");
         let b = statat(&self.objects, &rel, AtFlags::SYMLINK_NOFOLLOW).expect("stat");
         assert_eq!((a.st_dev, a.st_ino), (b.st_dev, b.st_ino));
-        let f = openat(
-            &self.objects,
-            format!("{name}/data/f"),
+        // By its full path, as a caller handed a path opens it.
+        let f = rustix::fs::open(
+            self.root.join("objects").join(name).join("data/f"),
             OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{futimens, OFlags, Stat, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+use rustix::fs::{futimens, Stat, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
 use rustix::io::Errno;
 
 use crate::error::{Error, IoContext, Op, Result};
@@ -152,21 +152,18 @@ impl FsCache {
         }
         let objects = self.objects();
         let rel = in_entry(name, LOCK_FILE);
-        let lock = match FileLock::open_at(
+        let lock = match FileLock::open_at_if_there(
             objects.as_fd(),
             &rel,
             LockKind::Shared,
             Wait::Never,
-            OFlags::empty(),
             || objects.join(&rel),
         ) {
-            Ok(lock) => lock,
+            Ok(Some(lock)) => lock,
+            Ok(None) => return Ok(None),
             Err(e) if is_miss(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        // The lock is released by the close of its descriptor: an OFD lock
-        // needs no call of its own.
-        let lock = lock.released_by_close();
         let Some(st) = lock.locked_stat() else {
             return Ok(None);
         };
@@ -229,8 +226,7 @@ impl LoadGuard {
         &self.info
     }
 
-    /// Release the entry, reporting failure (dropping does the same,
-    /// by closing the lock's descriptor).
+    /// Release the entry, reporting failure (dropping does the same).
     ///
     /// # Errors
     ///
