@@ -4,8 +4,9 @@
 //! scales against one process.
 //!
 //! `cargo bench --bench procs`. Each process is this bench binary again
-//! (`FSCACHE_BENCH_CHILD`), started before the clock and released by a
-//! byte on its stdin, so that only the work is timed.
+//! (`FSCACHE_BENCH_CHILD`), released by a byte on its stdin once all have
+//! opened the cache; each times its own work, and a round lasts as long as
+//! the slowest.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -20,7 +21,7 @@ mod floor;
 mod ratio;
 
 /// Operations per process per round.
-const OPS: u64 = 200;
+const OPS: u64 = 500;
 const PAYLOAD: [u8; 4096] = [7u8; 4096];
 
 fn child(spec: &str) {
@@ -39,6 +40,7 @@ fn child(spec: &str) {
         .expect("ready");
     std::io::stdin().read_exact(&mut go).expect("start");
     let mut buf = [0u8; 8192];
+    let start = Instant::now();
     for i in 0..OPS {
         let name = format!("{tag}-{i}");
         match mode {
@@ -55,6 +57,12 @@ fn child(spec: &str) {
             }
         }
     }
+    // The work alone, without the process's start and exit.
+    let took = start.elapsed().as_nanos();
+    std::io::stdout()
+        .write_all(format!("{took}\n").as_bytes())
+        .and_then(|()| std::io::stdout().flush())
+        .expect("report");
 }
 
 /// One round: `procs` processes doing `OPS` operations each; the time from
@@ -82,14 +90,23 @@ fn round(root: &std::path::Path, mode: &str, procs: usize, round: u64) -> Durati
             .read_exact(&mut ready)
             .expect("ready");
     }
-    let start = Instant::now();
     for c in &mut children {
         c.stdin.take().expect("stdin").write_all(b"g").expect("go");
     }
+    // They start together; the round lasts as long as the slowest one's
+    // work (each reports its own, which leaves out its exit).
+    let mut slowest = 0u128;
     for c in &mut children {
+        let mut report = String::new();
+        c.stdout
+            .as_mut()
+            .expect("stdout")
+            .read_to_string(&mut report)
+            .expect("report");
+        slowest = slowest.max(report.trim().parse().expect("nanoseconds"));
         assert!(c.wait().expect("wait").success());
     }
-    start.elapsed()
+    Duration::from_nanos(u64::try_from(slowest).unwrap_or(u64::MAX))
 }
 
 fn group(c: &mut Criterion) {
