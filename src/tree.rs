@@ -275,11 +275,10 @@ impl Visit for Remove<'_> {
             };
             // An empty directory (a stage's `data/`, often) goes with one
             // call, without being opened and listed.
-            if is_dir && unlinkat(fd, name, AtFlags::REMOVEDIR).is_err() {
-                subdirs.push(name.to_owned());
-                continue;
-            }
             if is_dir {
+                if unlinkat(fd, name, AtFlags::REMOVEDIR).is_err() {
+                    subdirs.push(name.to_owned());
+                }
                 continue;
             }
             match unlink_writable(fd, name, AtFlags::empty()) {

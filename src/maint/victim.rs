@@ -150,38 +150,11 @@ impl FsCache {
     }
 
     /// Evict least recently used entries until `want` bytes are freed or
-    /// none is left that is not in use, choosing them with the handle's
-    /// sampler (see `maint::sample`: no scan of every entry). Returns how
-    /// many were removed.
+    /// none is left that is not in use: [`FsCache::evict_held`] in a size
+    /// section of its own. Returns how many were removed.
     pub(crate) fn evict_lru(&self, want: u64) -> Result<usize> {
-        let objects = self.objects();
-        let sampler = self.sampler();
-        let mut freed = 0u64;
-        let mut batch = Batch::new(self);
-        // Two passes of the cursor that find nothing to take: everything
-        // left is in use (or not ours).
-        let mut empty_passes = 0;
-        while freed < want && empty_passes < 2 {
-            let look = sampler.look(objects)?;
-            if look.wrapped {
-                empty_passes += 1;
-            }
-            let mut next = look.oldest;
-            while let Some(c) = next {
-                if let Take::Held(v) = self.take_victim(&c.name, Some(c.last_use))? {
-                    freed = freed.saturating_add(v.size.unwrap_or(0));
-                    batch.push(*v, ())?;
-                    empty_passes = 0;
-                    break;
-                }
-                next = sampler.next_oldest();
-            }
-        }
-        let removals = batch.finish()?;
-        Ok(removals
-            .iter()
-            .filter(|r| !matches!(r.gone.fate, Fate::Denied))
-            .count())
+        let mut section = self.accounting().section()?;
+        self.evict_held(&mut section, want)
     }
 
     /// In the size section `section`: take least recently used entries

@@ -247,7 +247,20 @@ impl Remote {
     ///
     /// [`Error::Remote`] ([`RemoteOp::List`]).
     pub fn list(&self) -> Result<Vec<RemoteEntry>> {
-        let dir = Key::from(self.dir(KEY_VERSION));
+        self.list_under(KEY_VERSION, |dir, location| {
+            unescape(location.strip_prefix(dir)?.strip_prefix('/')?)
+        })
+    }
+
+    /// The objects below `<prefix>/<under>`, each named by `name_of` (given
+    /// the listed directory and the object's key), or left out where it
+    /// gives none.
+    fn list_under(
+        &self,
+        under: &str,
+        name_of: impl Fn(&str, &str) -> Option<String>,
+    ) -> Result<Vec<RemoteEntry>> {
+        let dir = Key::from(self.dir(under));
         let listing = self.client.store.list(Some(&dir)).try_collect::<Vec<_>>();
         let metas = self
             .client
@@ -256,10 +269,8 @@ impl Remote {
         Ok(metas
             .into_iter()
             .filter_map(|meta| {
-                let rest = meta.location.as_ref().strip_prefix(dir.as_ref())?;
-                let name = unescape(rest.strip_prefix('/')?)?;
                 Some(RemoteEntry {
-                    name,
+                    name: name_of(dir.as_ref(), meta.location.as_ref())?,
                     key: meta.location.to_string(),
                     bytes: meta.size,
                     last_modified: meta.last_modified.into(),
@@ -277,24 +288,9 @@ impl Remote {
     ///
     /// [`Error::Remote`] ([`RemoteOp::List`]).
     pub fn staging(&self) -> Result<Vec<RemoteEntry>> {
-        let dir = Key::from(self.dir(STAGING));
-        let listing = self.client.store.list(Some(&dir)).try_collect::<Vec<_>>();
-        let metas = self
-            .client
-            .block_on(RemoteOp::List, &dir, listing)?
-            .map_err(|e| self.client.error(RemoteOp::List, &dir, e))?;
-        Ok(metas
-            .into_iter()
-            .filter_map(|meta| {
-                let name = meta.location.filename()?.to_owned();
-                Some(RemoteEntry {
-                    name,
-                    key: meta.location.to_string(),
-                    bytes: meta.size,
-                    last_modified: meta.last_modified.into(),
-                })
-            })
-            .collect())
+        self.list_under(STAGING, |_, location| {
+            location.rsplit('/').next().map(str::to_owned)
+        })
     }
 
     /// Delete a staging object that [`Remote::staging`] listed. One still

@@ -285,14 +285,18 @@ fn gc(
     out: &mut Out,
 ) -> Result<Status, Failure> {
     let now = SystemTime::now();
-    let mut old: Vec<RemoteEntry> =
-        progress::while_running("listing the remote", || remote.list())?
+    let older = |entries: Vec<RemoteEntry>| -> Vec<RemoteEntry> {
+        entries
             .into_iter()
             .filter(|e| {
                 now.duration_since(e.last_modified)
                     .is_ok_and(|age| age > max_age)
             })
-            .collect();
+            .collect()
+    };
+    let mut old = older(progress::while_running("listing the remote", || {
+        remote.list()
+    })?);
     old.sort_by(|a, b| a.name.cmp(&b.name));
     let mut removed = Vec::new();
     for e in &old {
@@ -301,14 +305,7 @@ fn gc(
         }
     }
     // Staging objects a dead upload left (each upload deletes its own).
-    let mut stale: Vec<RemoteEntry> = remote
-        .staging()?
-        .into_iter()
-        .filter(|e| {
-            now.duration_since(e.last_modified)
-                .is_ok_and(|age| age > max_age)
-        })
-        .collect();
+    let mut stale = older(remote.staging()?);
     stale.sort_by(|a, b| a.key.cmp(&b.key));
     if !dry_run {
         for e in &stale {
