@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use fscache::{FsCache, MaxSize};
 
+#[path = "common/place.rs"]
+mod place;
 #[path = "common/ratio.rs"]
 mod ratio;
 
@@ -24,15 +26,10 @@ fn put(cache: &FsCache, name: &str) -> Duration {
     start.elapsed()
 }
 
-fn bench_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(std::env::var_os("FSCACHE_BENCH_DIR").unwrap_or_else(|| "/var/tmp".into()))
-        .expect("tempdir")
-}
-
 /// A cache holding `n` entries whose maximum is exactly what they take.
-fn full_cache(n: usize) -> (tempfile::TempDir, FsCache) {
-    let dir = bench_dir();
-    let cache = FsCache::open("fscache-bench", dir.path()).expect("open");
+fn full_cache(n: usize) -> (std::path::PathBuf, FsCache) {
+    let dir = place::kept_dir(&format!("full{n}"));
+    let cache = FsCache::open("fscache-bench", &dir).expect("open");
     cache.set_maximum_size(MaxSize::Unlimited).expect("max");
     let start = Instant::now();
     for i in 0..n {
@@ -40,7 +37,7 @@ fn full_cache(n: usize) -> (tempfile::TempDir, FsCache) {
     }
     // A new handle, so that the filler's reservation is given back.
     drop(cache);
-    let cache = FsCache::open("fscache-bench", dir.path()).expect("open");
+    let cache = FsCache::open("fscache-bench", &dir).expect("open");
     let full = cache.accounted_size().expect("size");
     cache.set_maximum_size(MaxSize::Bytes(full)).expect("max");
     eprintln!("filled {n} entries ({full} bytes) in {:?}", start.elapsed());
@@ -74,8 +71,8 @@ fn store_into_full_cache(c: &mut Criterion) {
         .throughput(Throughput::Elements(1));
     for n in sizes() {
         let (_full_dir, full) = full_cache(n);
-        let unlimited_dir = bench_dir();
-        let unlimited = FsCache::open("fscache-bench", unlimited_dir.path()).expect("open");
+        let unlimited_dir = place::kept_dir(&format!("unlimited{n}"));
+        let unlimited = FsCache::open("fscache-bench", &unlimited_dir).expect("open");
         unlimited.set_maximum_size(MaxSize::Unlimited).expect("max");
         let mut next = 0u64;
         let evicted_before = full.counters().evicted;

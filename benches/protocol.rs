@@ -15,17 +15,16 @@ use fscache::{FsCache, MaxSize};
 
 #[path = "common/floor.rs"]
 mod floor;
+#[path = "common/place.rs"]
+mod place;
 #[path = "common/ratio.rs"]
 mod ratio;
 
 const PAYLOAD: [u8; 4096] = [7u8; 4096];
 
-fn open_cache() -> (tempfile::TempDir, FsCache) {
-    let dir = tempfile::tempdir_in(
-        std::env::var_os("FSCACHE_BENCH_DIR").unwrap_or_else(|| "/var/tmp".into()),
-    )
-    .expect("tempdir");
-    let cache = FsCache::open("fscache-bench", dir.path()).expect("open");
+fn open_cache() -> (std::path::PathBuf, FsCache) {
+    let dir = place::kept_dir("protocol");
+    let cache = FsCache::open("fscache-bench", &dir).expect("open");
     cache.set_maximum_size(MaxSize::Unlimited).expect("max");
     (dir, cache)
 }
@@ -56,7 +55,7 @@ fn load_read(cache: &FsCache, name: &str, buf: &mut [u8]) -> usize {
 
 fn group(c: &mut Criterion) {
     let (dir, cache) = open_cache();
-    let mut floor = floor::Floor::new(dir.path());
+    let mut floor = floor::Floor::new(&dir);
     store(&cache, "hot");
     let mut buf = [0u8; 8192];
     let mut g = c.benchmark_group("protocol");

@@ -21,7 +21,7 @@ use fscache::remote::archive::Refusal;
 use fscache::remote::object_store::aws::AmazonS3Builder;
 use fscache::remote::object_store::{ObjectStoreExt, PutPayload};
 use fscache::remote::{Fetch, Remote, RemoteOp, TieredCache, Tuning, Upload};
-use fscache::{Digest, Error, ErrorKind, FsCache, MaxSize};
+use fscache::{Digest, Error, ErrorKind, Eviction, FsCache, MaxSize};
 use futures::TryStreamExt;
 use sha2::Digest as _;
 
@@ -1351,3 +1351,53 @@ fn inside_an_async_runtime_the_tier_refuses_rather_than_panics() -> TestResult {
     assert!(refused, "a blocking call inside a runtime is refused");
     Ok(())
 }
+
+/// The upload reads the entry under the lock it was committed with: an
+/// evictor that races every commit (another handle on the same cache, as
+/// `fscache gc` in another process would be) never takes an entry before
+/// it is uploaded. Before, the entry was unlocked between the commit and
+/// the upload's load, and an eviction in that instant deferred the upload.
+#[test]
+fn an_evictor_racing_each_commit_never_defers_its_upload() -> TestResult {
+    let Some(moto) = Moto::shared() else {
+        return Ok(());
+    };
+    let bucket = moto.bucket(&bucket_name("an_evictor_racing_each_commit"));
+    let machine = Machine::new(&moto.url(), &bucket, &quick());
+    let evictor = FsCache::open("remote-test", machine.cache_dir())?;
+    let scratch = tempfile::tempdir()?;
+    let src = tree(scratch.path(), 7);
+    let current = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let evictions = std::thread::spawn({
+        let (current, stop) = (Arc::clone(&current), Arc::clone(&stop));
+        move || {
+            let mut removed = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let name = format!("raced-{}", current.load(Ordering::SeqCst));
+                if matches!(evictor.evict(&name), Ok(Eviction::Removed { .. })) {
+                    removed += 1;
+                }
+            }
+            removed
+        }
+    });
+    let mut deferred = Vec::new();
+    for i in 0..ROUNDS {
+        current.store(i, Ordering::SeqCst);
+        let stored = machine.tiered.store_tree(&format!("raced-{i}"), &src)?;
+        assert!(stored.commit.is_stored(), "{stored:?}");
+        if let Some(Upload::Deferred(e)) = stored.upload {
+            deferred.push(format!("raced-{i}: {e}"));
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let removed = evictions.join().expect("evictor");
+    assert!(deferred.is_empty(), "deferred uploads: {deferred:#?}");
+    // The evictor did take entries, once they were uploaded.
+    assert!(removed > 0, "the evictor never removed an entry");
+    Ok(())
+}
+
+/// Commits the evictor races.
+const ROUNDS: u64 = 200;

@@ -8,7 +8,7 @@ use rustix::fs::{mkdirat, Mode};
 use rustix::io::Errno;
 
 use crate::atomic::{AnonymousDir, Dir};
-use crate::cache::Accounted;
+use crate::cache::{Accounted, LoadGuard};
 use crate::durability::{self, Durability};
 use crate::error::{Error, IoContext, Op, Result};
 use crate::info::{MaxSize, ObjectInfo};
@@ -242,6 +242,33 @@ impl StoreGuard {
         }
     }
 
+    /// [`StoreGuard::commit`], handing back an entry it stored still held:
+    /// its lock turned shared without ever being released, so that nothing
+    /// evicts it between the commit and the caller's use of it (the remote
+    /// tier's upload). `None` beside [`Commit::Stored`] only where the
+    /// kernel would not convert the lock: the entry is in the cache, as
+    /// after a plain commit.
+    ///
+    /// # Errors
+    ///
+    /// As [`StoreGuard::commit`].
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    pub(crate) fn commit_held(mut self) -> Result<(Commit, Option<LoadGuard>), CommitError> {
+        match self.try_commit(true) {
+            Ok((outcome, held)) => {
+                // Not kept: removed as `commit` removes it.
+                self.discard();
+                let held = held
+                    .map(|p| LoadGuard::just_committed(&self.cache, &self.name, p.info, p.lock));
+                Ok((outcome, held))
+            }
+            Err(error) => Err(CommitError {
+                error,
+                guard: Box::new(self),
+            }),
+        }
+    }
+
     /// Remove the entry now, reporting failure (dropping does the same,
     /// silently).
     ///
@@ -316,7 +343,7 @@ impl StoreGuard {
                 };
                 cache.count(crate::cache::Event::Stored);
                 sync.after_publish(objects)?;
-                Ok((Commit::Stored { size }, published.transpose()?))
+                Ok((Commit::Stored { size }, published.flatten()))
             }
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => {
                 accounted.give_back(&accounting, entry.dir(), size)?;
@@ -366,14 +393,15 @@ impl Published {
     /// Turn the committed entry's exclusive lock shared in place (the
     /// kernel converts it without releasing it). Should the kernel refuse
     /// (it has no room for locks), the lock is released as by a plain
-    /// commit and the error returned: the entry is in the cache all the
-    /// same, for the next load.
-    fn held(entry: AnonymousDir, objects: &Dir, name: &str, info: ObjectInfo) -> Result<Self> {
+    /// commit, and `None` returned: the entry is in the cache all the
+    /// same, for the caller to load like anyone else. A stored entry is
+    /// never reported as a failed commit.
+    fn held(entry: AnonymousDir, objects: &Dir, name: &str, info: ObjectInfo) -> Option<Self> {
         let mut lock = entry
             .into_lock()
             .with_path(objects.join(in_entry(name, LOCK_FILE)));
-        lock.relock(LockKind::Shared, Wait::Never)?;
-        Ok(Published { lock, info })
+        lock.relock(LockKind::Shared, Wait::Never).ok()?;
+        Some(Published { lock, info })
     }
 }
 

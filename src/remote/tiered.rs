@@ -768,23 +768,27 @@ impl TieredCache {
 
     /// Commit `entry` locally, then, if it was stored, upload it.
     ///
-    /// The entry is loaded again after its commit to be uploaded; should
-    /// it be evicted in that moment, the upload is [`Upload::Deferred`]
-    /// with the reason.
+    /// The upload reads the entry under the lock it was committed with,
+    /// turned shared without being released, so that nothing evicts it
+    /// between the commit and the upload.
     ///
     /// # Errors
     ///
     /// As [`StoreGuard::commit`]; the upload never fails the call.
     pub fn commit(&self, entry: StoreGuard) -> Result<Stored, CommitError> {
         let name = entry.name().to_owned();
-        let commit = entry.commit()?;
-        let upload = commit.is_stored().then(|| match self.local.load(&name) {
-            Ok(Some(hit)) => self.upload(&hit),
-            Ok(None) => Upload::Deferred(Error::Corrupt {
-                path: self.local.path().join("objects").join(&name),
-                reason: "evicted before it could be uploaded".into(),
-            }),
-            Err(e) => Upload::Deferred(e),
+        let (commit, held) = entry.commit_held()?;
+        let upload = commit.is_stored().then(|| match held {
+            Some(hit) => self.upload(&hit),
+            // The kernel would not convert the lock: load it like anyone.
+            None => match self.local.load(&name) {
+                Ok(Some(hit)) => self.upload(&hit),
+                Ok(None) => Upload::Deferred(Error::Corrupt {
+                    path: self.local.path().join("objects").join(&name),
+                    reason: "evicted before it could be uploaded".into(),
+                }),
+                Err(e) => Upload::Deferred(e),
+            },
         });
         Ok(Stored { commit, upload })
     }
