@@ -28,6 +28,7 @@ pub use store::{Commit, CommitError, StoreGuard};
 use std::fmt;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustix::fs::{Mode, OFlags};
@@ -85,7 +86,7 @@ pub(crate) struct Inner {
     stage: Arc<Dir>,
     app_id: String,
     boot_id: String,
-    info: RwLock<CacheInfo>,
+    info: Config,
     heal_gate: HealGate,
     counters: LiveCounters,
     _cache_lock: FileLock,
@@ -97,6 +98,35 @@ pub(crate) struct Inner {
     validated: validated::Validated,
     reserve: reserve::Reserve,
     sampler: crate::maint::Sampler,
+}
+
+/// A handle's copy of `cache.info`, and whether its version lets us touch
+/// `objects/`, kept apart: every load asks that, and a load of one flag
+/// costs it less than a lock.
+#[derive(Debug)]
+pub(crate) struct Config {
+    info: RwLock<CacheInfo>,
+    supported: AtomicBool,
+}
+
+impl Config {
+    pub(crate) fn new(info: CacheInfo) -> Config {
+        Config {
+            supported: AtomicBool::new(info.is_supported()),
+            info: RwLock::new(info),
+        }
+    }
+
+    fn get(&self) -> CacheInfo {
+        self.info.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, fresh: CacheInfo) {
+        let mut info = self.info.write().unwrap_or_else(|p| p.into_inner());
+        self.supported
+            .store(fresh.is_supported(), Ordering::Relaxed);
+        *info = fresh;
+    }
 }
 
 impl Drop for Inner {
@@ -179,21 +209,13 @@ impl FsCache {
     /// The configuration as last read (at open, or by
     /// [`FsCache::reload_info`] or an update).
     pub fn info(&self) -> CacheInfo {
-        self.inner
-            .info
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.info.get()
     }
 
     /// Whether this cache's version lets us touch `objects/`, without a
     /// copy of the whole configuration (the load path asks every time).
     pub(crate) fn supported(&self) -> bool {
-        self.inner
-            .info
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_supported()
+        self.inner.info.supported.load(Ordering::Relaxed)
     }
 
     /// Read `cache.info` again, picking up changes made by others.
@@ -203,7 +225,7 @@ impl FsCache {
     /// [`Error::Io`] if it cannot be read.
     pub fn reload_info(&self) -> Result<CacheInfo> {
         let fresh = read_info(&self.inner.root)?;
-        *self.inner.info.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        self.inner.info.set(fresh.clone());
         Ok(fresh)
     }
 
@@ -258,7 +280,7 @@ impl FsCache {
         crate::failpoint!("info-after-temp");
         drop(lock);
         let fresh = CacheInfo::parse(&merged);
-        *self.inner.info.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        self.inner.info.set(fresh.clone());
         Ok(fresh)
     }
 

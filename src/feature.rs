@@ -50,7 +50,11 @@ impl Feature {
     /// over an earlier one (`Yes` < `Alternate` < `No`), so two threads that
     /// detect at once settle on the answer that works for both.
     pub(crate) fn set(&self, support: Support) {
-        self.0.fetch_max(support as u8, Ordering::Relaxed);
+        // Read first: every open says `Yes` again, and a plain load is
+        // cheaper than the locked read-modify-write, on a hot path.
+        if (self.0.load(Ordering::Relaxed)) < support as u8 {
+            self.0.fetch_max(support as u8, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn usable(&self) -> bool {

@@ -58,7 +58,13 @@ pub(crate) fn is_anonymous(name: &str) -> bool {
 
 /// `<name>/<file>`, the path of a file of an entry relative to its store.
 pub(crate) fn in_entry(name: &str, file: &str) -> String {
-    format!("{name}/{file}")
+    // Built by hand: every load makes one, and `format!` costs as much as
+    // the rest of a miss's own work.
+    let mut rel = String::with_capacity(name.len() + 1 + file.len());
+    rel.push_str(name);
+    rel.push('/');
+    rel.push_str(file);
+    rel
 }
 
 /// The `object.info` at `rel` below `dir`, if it is a regular file holding

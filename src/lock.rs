@@ -70,6 +70,22 @@ impl Wait {
         }
     }
 
+    /// When a wait begins: the clock is read only for a wait with a limit,
+    /// the one kind that asks later how long it has run (a miss, the
+    /// commonest call, reads no clock).
+    fn begin(self) -> Option<Instant> {
+        matches!(self, Wait::Timeout(_)).then(Instant::now)
+    }
+
+    /// [`Wait::left_since`] a start that [`Wait::begin`] may have left
+    /// unread.
+    fn left_since_begun(self, start: Option<Instant>) -> Wait {
+        match start {
+            Some(start) => self.left_since(start),
+            None => self,
+        }
+    }
+
     /// The time limit, for [`Wait::Timeout`].
     fn limit(self) -> Option<Duration> {
         match self {
@@ -305,7 +321,7 @@ impl FileLock {
         wait: Wait,
         path: impl Fn() -> PathBuf,
     ) -> Result<Option<Self>> {
-        let start = Instant::now();
+        let start = wait.begin();
         loop {
             let fd = match open_beneath(dir, rel, kind.access(), Mode::empty()) {
                 Ok(fd) => fd,
@@ -326,13 +342,13 @@ impl FileLock {
         rel: &str,
         kind: LockKind,
         wait: Wait,
-        start: Instant,
+        start: Option<Instant>,
         path: &impl Fn() -> PathBuf,
     ) -> Result<Option<Self>> {
         let display = path();
         // A replacement starts no new wait: a timeout bounds the whole
         // loop, and reports the whole of it.
-        set(fd.as_fd(), kind, wait.left_since(start), &display).map_err(|e| match e {
+        set(fd.as_fd(), kind, wait.left_since_begun(start), &display).map_err(|e| match e {
             Error::TimedOut { path, .. } => Error::TimedOut {
                 path,
                 after: wait.limit().unwrap_or_default(),
@@ -360,7 +376,7 @@ impl FileLock {
         extra: OFlags,
         path: impl Fn() -> PathBuf,
     ) -> Result<Self> {
-        let start = Instant::now();
+        let start = wait.begin();
         loop {
             let fd =
                 open_beneath(dir, rel, kind.access() | extra, Mode::empty()).at(Op::Open, &path)?;

@@ -3,8 +3,8 @@
 //! version-1 reader ignores it).
 //!
 //! Counting costs a load no system call: each handle counts in memory and
-//! adds what it counted to the file now and then (every [`FLUSH_EVERY`]
-//! events, and when its last clone or guard goes), under the file's lock,
+//! adds what it counted to the file now and then (every [`FLUSH_EVERY`] of
+//! one kind of event, and when its last clone or guard goes), under the file's lock,
 //! by the atomic replacement every file of the cache gets.
 
 use std::os::fd::AsFd;
@@ -129,16 +129,16 @@ impl Counters {
 pub(crate) struct LiveCounters {
     total: [AtomicU64; EVENTS],
     pending: [AtomicU64; EVENTS],
-    events: AtomicU64,
 }
 
 impl LiveCounters {
     /// Count `n` of `event`; whether it is time to flush.
     pub(crate) fn count(&self, event: Event, n: u64) -> bool {
         let i = event as usize;
-        self.total[i].fetch_add(n, Ordering::Relaxed);
         self.pending[i].fetch_add(n, Ordering::Relaxed);
-        let before = self.events.fetch_add(n, Ordering::Relaxed);
+        // Every FLUSH_EVERY of each kind: a flush that failed is tried
+        // again that many events later, not at every one.
+        let before = self.total[i].fetch_add(n, Ordering::Relaxed);
         (before % FLUSH_EVERY) + n >= FLUSH_EVERY
     }
 

@@ -3,7 +3,7 @@
 
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use rustix::fs::{statat, AtFlags, FileType};
 use rustix::io::Errno;
@@ -288,7 +288,7 @@ impl OpenOptions {
             stage: Arc::new(stage),
             app_id: app_id.to_owned(),
             boot_id,
-            info: RwLock::new(info),
+            info: super::Config::new(info),
             heal_gate: HealGate::default(),
             counters: LiveCounters::default(),
             durability: self.durability,
