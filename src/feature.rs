@@ -52,7 +52,7 @@ impl Feature {
     pub(crate) fn set(&self, support: Support) {
         // Read first: every open says `Yes` again, and a plain load is
         // cheaper than the locked read-modify-write, on a hot path.
-        if (self.0.load(Ordering::Relaxed)) < support as u8 {
+        if self.0.load(Ordering::Relaxed) < support as u8 {
             self.0.fetch_max(support as u8, Ordering::Relaxed);
         }
     }

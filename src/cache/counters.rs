@@ -3,9 +3,9 @@
 //! version-1 reader ignores it).
 //!
 //! Counting costs a load no system call: each handle counts in memory and
-//! adds what it counted to the file now and then (every [`FLUSH_EVERY`] of
-//! one kind of event, and when its last clone or guard goes), under the file's lock,
-//! by the atomic replacement every file of the cache gets.
+//! adds what it counted to the file now and then (every [`FLUSH_EVERY`]
+//! events of one kind, and when its last clone or guard goes), under the
+//! file's lock, by the atomic replacement every file of the cache gets.
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -257,8 +257,8 @@ impl FsCache {
 
     /// What every handle of this cache has done, across processes: the
     /// counts in `fscache-counters.json` and what this handle has not
-    /// added to them yet. Other live handles add theirs every 4,096 events
-    /// and when they close, so their latest counts may be missing.
+    /// added to them yet. Other live handles add theirs every 4,096 events of
+    /// one kind and when they close, so their latest counts may be missing.
     ///
     /// # Examples
     ///
