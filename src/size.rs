@@ -237,16 +237,18 @@ pub(crate) fn give_back_in(up: Option<&mut SizeLock<'_>>, size: u64) -> Result<(
 /// renamed twice in that time, and one listed under both names is counted
 /// twice, which overcounts but never undercounts.
 ///
-/// Handles' reservations are read first, each under its lock (see
-/// `cache::reserve`), so that bytes moving from a reservation to an entry
-/// are counted in one or the other.
+/// Handles' reservations are read first, each under its lock, which is
+/// held until the entries are read too (see `cache::reserve`): no bytes
+/// move between a reservation and an entry while they are counted.
 fn sum_infos(objects: &Dir) -> Result<u64> {
-    let (mut total, reserved) = crate::cache::reserved_in(objects)?;
+    // Held until every entry is read.
+    let reserved = crate::cache::reserved_in(objects)?;
+    let mut total = reserved.total;
     let mut seen = std::collections::HashSet::new();
     for pass in 0..2 {
         for (name, kind) in crate::tree::list(objects)? {
             if kind != FileType::Directory
-                || reserved.contains(&name)
+                || reserved.names.contains(&name)
                 || (pass == 1 && seen.contains(&name))
             {
                 continue;

@@ -450,8 +450,11 @@ fn a_full_cache_of_thousands_evicts_close_to_lru_one_entry_per_store() -> TestRe
     );
     assert!(evicted.len() >= 300, "each store made room");
     assert!(evicted.len() <= 310, "and not much more: {}", evicted.len());
+    // Each eviction reads 8 entries into a pool of the 64 oldest seen, so
+    // what goes is about the oldest eighth (387 of 3,000 in the run this
+    // bound was set from).
     assert!(
-        worst < n / 4,
+        worst < n / 5,
         "only old entries go: the newest evicted is {worst} of {n}"
     );
     assert_exact(&root);

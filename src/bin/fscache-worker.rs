@@ -21,6 +21,8 @@
 //! clear              -> cleared REMOVED IN_USE UNREMOVABLE DENIED
 //! gc MAX_BYTES       -> gc REMOVED FREED DENIED
 //! run SEED OPS NAMES -> ran COUNTERS | violation WHAT   (random ops)
+//! fill PREFIX N BYTES -> filled STORED EVICTED (N stores and commits of
+//!                       PREFIX0, PREFIX1, ...)
 //! replay objects|stage N -> replayed ITER RETRIES ERRORS [; FIRST ERROR]...
 //!                       (N iterations of osbuild's create/remove steps,
 //!                       `fscache::replay`)
@@ -352,6 +354,20 @@ impl Worker {
                     Some(v) => format!("violation {v}"),
                     None => format!("ran {tally}"),
                 }
+            }
+            ["fill", prefix, count, bytes] => {
+                let bytes = bytes.parse().unwrap_or(0);
+                let evicted = self.cache.counters().evicted;
+                let mut stored = 0;
+                for i in 0..count.parse().unwrap_or(0) {
+                    let guard = self.cache.store(&format!("{prefix}{i}"))?;
+                    self.nonce += 1;
+                    let nonce = u64::from(std::process::id()) << 32 | self.nonce;
+                    payload::write(guard.path(), nonce, bytes)?;
+                    stored += usize::from(guard.commit()?.is_stored());
+                }
+                let evicted = self.cache.counters().evicted - evicted;
+                format!("filled {stored} evicted {evicted}")
             }
             ["replay", store, n] => {
                 let store: Store = store.parse()?;

@@ -16,13 +16,16 @@
 //!   the record does. Grants double, from one entry's size up to a chunk
 //!   ([`MAX_CHUNK`] or a sixty-fourth of the maximum, whichever is less),
 //!   and a handle's first [`COMMITS_BEFORE_RESERVING`] commits take none:
-//!   a process that stores a few entries never makes a reservation. In a
-//!   full cache a grant holds [`FULL_GRANT_ENTRIES`] entries of the size
-//!   being committed, and the room for it is made by evicting in the
-//!   grant's own section: a commit there pays for one removal, and one in
-//!   that many for a section. Where even that finds no room (entries in
-//!   use) or the free-space floor is reached, the handle gives back what
-//!   it has left and commits in the section, evicting as it must.
+//!   a process that stores a few entries never makes a reservation.
+//! - **In a full cache** a grant holds just the entry being committed,
+//!   room made for it by evicting in the grant's section; the next
+//!   [`EVICTING_BEFORE_REGRANT`] commits make their room by evicting into
+//!   the reservation (with its record locked, the victims' `object.info`
+//!   files unlinked, then the record grown by their sizes), so that each
+//!   pays for about one removal and none for a section, and `cache.size`
+//!   stays where it is. Where that finds nothing to evict (entries in use)
+//!   or the free-space floor is reached, the handle gives back what it has
+//!   left and commits in the section, evicting as it must.
 //! - **Committing against it**: with the record's lock held, write the
 //!   record less the entry's size, then the entry's `object.info`, rename
 //!   the entry into place, release. A name taken gives the size back to
@@ -36,14 +39,16 @@
 //!   in `objects/`: the reservation's record is one of them.
 //! - A crash can only overcount: each step writes the new home of some
 //!   bytes after their old home lets go of them (the record shrinks before
-//!   the entry's `object.info` appears; `cache.size` grows before a grant's
+//!   the entry's `object.info` appears; a victim's `object.info` is
+//!   unlinked before the record grows; `cache.size` grows before a grant's
 //!   record does). A dead reservation is an unlocked anonymous entry: the
 //!   sweep removes it and gives back what its record says, and osbuild's
 //!   remover, should it get there first, does the same.
 //! - A recount ([`reserved_in`]) reads every reservation's record under its
-//!   lock first, each between two commits against it, and only then the
-//!   entries: whatever left a record before it was read is in an entry's
-//!   `object.info` by then.
+//!   lock first, and holds those locks while it reads the entries: no
+//!   bytes move between a record and an entry while it counts. A record
+//!   made after it listed them takes no bytes before it ends: a record's
+//!   first bytes come from a grant, in the section the recount holds.
 //!
 //! What others see: `cache.size` counts what live handles hold in reserve
 //! (at most a chunk each) as used, so osbuild, and stats, find the cache
@@ -87,11 +92,10 @@ const COMMITS_BEFORE_RESERVING: u32 = 32;
 /// (which they need in a full cache, to evict) before the next try.
 const SKIP_WHEN_FULL: u32 = 64;
 
-/// In a full cache, how many entries of its size a grant holds at most
-/// (and never more than a chunk beyond its own): room for them is made by
-/// evicting in the grant's section, so a commit in a full cache pays a
-/// removal and, one in this many, a section.
-const FULL_GRANT_ENTRIES: u64 = 4;
+/// In a full cache, how many commits make their room by evicting into the
+/// reservation before a grant looks at `cache.size` and the maximum again
+/// (which another process may have raised, or lowered).
+const EVICTING_BEFORE_REGRANT: u32 = 64;
 
 /// The longest `object.info` a recount reads.
 const MAX_READ: usize = 4096;
@@ -165,6 +169,11 @@ struct State {
     /// Commits to make in the section before trying to grant again, after
     /// a grant was found not to fit.
     skip: u32,
+    /// Commits that may make their room by evicting into the reservation:
+    /// the last grant found the cache full, at this maximum (a commit
+    /// under another maximum grants afresh).
+    evicting: u32,
+    full_at: u64,
 }
 
 impl Default for State {
@@ -173,6 +182,8 @@ impl Default for State {
             reservation: None,
             extra: 0,
             skip: COMMITS_BEFORE_RESERVING,
+            evicting: 0,
+            full_at: 0,
         }
     }
 }
@@ -289,8 +300,26 @@ impl FsCache {
         }
         let size = info.size;
         let mut state = self.reserve().state();
-        let covered = state.reservation.as_ref().is_some_and(|r| r.left >= size);
-        if !covered || accounting.below_floor(cfg)? > 0 {
+        let covers = |state: &State| state.reservation.as_ref().is_some_and(|r| r.left >= size);
+        let full_at = match cfg.effective_maximum() {
+            MaxSize::Bytes(max) => Some(max),
+            MaxSize::Unlimited => None,
+        };
+        if state.evicting > 0 && full_at != Some(state.full_at) {
+            state.evicting = 0;
+        }
+        if state.evicting > 0 && !covers(&state) {
+            state.evicting -= 1;
+            if let Some(r) = state.reservation.as_mut() {
+                self.evict_into(r, size)?;
+            }
+            if !covers(&state) {
+                // Nothing to evict that is not in use: let a grant, or the
+                // section, find out what to do.
+                state.evicting = 0;
+            }
+        }
+        if !covers(&state) || accounting.below_floor(cfg)? > 0 {
             let granted = match (state.extra, state.skip) {
                 // A handle's first commits take no reservation: it pays
                 // for itself only over many commits. The last of them
@@ -350,15 +379,15 @@ impl FsCache {
             Ok(max.admits(base.saturating_add(grant)))
         };
         let floor_ok = accounting.below_floor(cfg)? == 0;
+        let mut full = false;
         if floor_ok && !fits(&section, grant)? {
-            // Full: a small grant, room made for it in this section, so
-            // that the next few commits need neither eviction nor section.
-            let extra = state
-                .extra
-                .min(size.saturating_mul(FULL_GRANT_ENTRIES - 1))
-                .min(chunk(cfg));
-            grant = size.saturating_add(extra);
+            // Full: room for this entry alone, made in this section; the
+            // next commits make theirs by evicting into the reservation,
+            // one entry's worth each, without a section.
+            grant = size;
             if let MaxSize::Bytes(max) = max {
+                full = true;
+                state.full_at = max;
                 let base = section.value()?.saturating_sub(left);
                 let need = base.saturating_add(grant).saturating_sub(max);
                 self.evict_held(&mut section, need)?;
@@ -386,17 +415,59 @@ impl FsCache {
         section.set(base.saturating_add(grant))?;
         r.write(grant)?;
         r.left = grant;
-        state.extra = state.extra.saturating_mul(2).min(chunk(cfg)).max(1);
+        if full {
+            state.evicting = EVICTING_BEFORE_REGRANT;
+        } else {
+            state.evicting = 0;
+            state.extra = state.extra.saturating_mul(2).min(chunk(cfg)).max(1);
+        }
         Ok(true)
+    }
+
+    /// In a full cache, without a section: make the reservation `r` cover
+    /// an entry of `size` by evicting least recently used entries into it.
+    /// With the record locked, so that a recount (which holds every record
+    /// while it reads the entries) sees each evicted entry's bytes either
+    /// in its `object.info` or in the record, the `object.info` files are
+    /// unlinked first and the record grows after: a crash in between
+    /// leaves the bytes in `cache.size` alone, an overcount.
+    ///
+    /// Only a reservation granted in a section takes bytes this way, so
+    /// it was in `objects/` before any recount now under way began, and
+    /// that recount holds its lock.
+    fn evict_into(&self, r: &mut Reservation, size: u64) -> Result<()> {
+        lock_fd(r.record.as_fd(), LockKind::Exclusive, &r.record_path)?;
+        let unlinked = self.unlink_lru(size.saturating_sub(r.left));
+        crate::failpoint!("evict-into-before-record");
+        let grown = r.left.saturating_add(unlinked.freed);
+        let moved = if unlinked.freed > 0 {
+            r.write(grown).map(|()| r.left = grown)
+        } else {
+            Ok(())
+        };
+        let unlocked = unlock_fd(r.record.as_fd(), &r.record_path);
+        let removed = unlinked.remove(self);
+        moved.and(unlocked).and(removed.map(drop))
     }
 }
 
-/// For a recount: the sum of the reservations' records in `objects`, each
-/// read under its lock (so between two commits against it), and their
-/// names, which the rest of the recount skips.
-pub(crate) fn reserved_in(objects: &Dir) -> Result<(u64, HashSet<String>)> {
-    let mut total = 0u64;
-    let mut names = HashSet::new();
+/// The reservations in an `objects/` directory, for a recount: each record
+/// read under its lock, which is held until this is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Reserved {
+    /// The sum of their records.
+    pub(crate) total: u64,
+    /// Their names, which the rest of the recount skips.
+    pub(crate) names: HashSet<String>,
+    /// The records, locked shared: no commit moves bytes out of one, and
+    /// no eviction into one, until the recount has read every entry.
+    _held: Vec<OwnedFd>,
+}
+
+/// Read every reservation's record in `objects` under its lock, and keep
+/// the locks: see [`Reserved`].
+pub(crate) fn reserved_in(objects: &Dir) -> Result<Reserved> {
+    let mut reserved = Reserved::default();
     for (name, kind) in crate::tree::list(objects)? {
         if kind != FileType::Directory || !is_anonymous(&name) {
             continue;
@@ -413,12 +484,12 @@ pub(crate) fn reserved_in(objects: &Dir) -> Result<(u64, HashSet<String>)> {
         }
         lock_fd(fd.as_fd(), LockKind::Shared, &path())?;
         if let Some((size, true)) = read_record(&fd) {
-            total = total.saturating_add(size);
-            names.insert(name);
+            reserved.total = reserved.total.saturating_add(size);
+            reserved.names.insert(name);
+            reserved._held.push(fd);
         }
-        // Closing the descriptor releases the lock.
     }
-    Ok((total, names))
+    Ok(reserved)
 }
 
 /// The size in an `object.info` and whether it is a reservation's.

@@ -95,7 +95,7 @@ impl FsCache {
             entries: 0,
             accounted_bytes: crate::size::read_unlocked(self.root())?,
             recorded_bytes: 0,
-            reserved_bytes: crate::cache::reserved_in(self.objects())?.0,
+            reserved_bytes: crate::cache::reserved_in(self.objects())?.total,
             measured_bytes: 0,
             maximum: info.effective_maximum(),
             orphans: 0,

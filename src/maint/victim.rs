@@ -55,6 +55,31 @@ pub(crate) enum Take {
     Gone,
 }
 
+/// Entries taken out of the cache by [`FsCache::unlink_lru`]: their
+/// `object.info` files unlinked, the rest still to remove.
+#[must_use = "the bytes freed are the caller's to move, the entries to remove"]
+pub(crate) struct Unlinked {
+    /// The sizes their `object.info` files said.
+    pub(crate) freed: u64,
+    taken: Vec<Victim>,
+    /// The first error met, after which nothing more was taken.
+    pub(crate) outcome: Result<()>,
+}
+
+impl Unlinked {
+    /// Remove what is left of the entries taken (and count them as
+    /// evicted); then the error met while taking them, if any. Returns how
+    /// many were taken.
+    pub(crate) fn remove(self, cache: &FsCache) -> Result<usize> {
+        let count = self.taken.len();
+        cache.count_n(crate::cache::Event::Evicted, count as u64);
+        for v in self.taken {
+            v.remove_rest(cache.objects());
+        }
+        self.outcome.map(|()| count)
+    }
+}
+
 impl Victim {
     /// Remove what is left of a victim already taken out of the cache
     /// (its `object.info` unlinked and its size given back); what cannot
@@ -158,24 +183,42 @@ impl FsCache {
     }
 
     /// In the size section `section`: take least recently used entries
-    /// (with the handle's sampler) until `want` bytes are freed or none is
-    /// left that is not in use, unlink their `object.info` files, give
-    /// their sizes back and remove them, all in this one section (which
-    /// the commit that asks holds anyway: one section instead of three,
-    /// and its name is free again if it was a victim's). Returns how many
-    /// were taken.
+    /// until `want` bytes are freed or none is left that is not in use
+    /// ([`FsCache::unlink_lru`]), give their sizes back and remove them,
+    /// all in this one section (which the commit that asks holds anyway:
+    /// one section instead of three, and its name is free again if it was
+    /// a victim's). Returns how many were taken.
     pub(crate) fn evict_held(&self, section: &mut SizeLock<'_>, want: u64) -> Result<usize> {
+        let unlinked = self.unlink_lru(want);
+        // What is unlinked is given back, whatever else failed.
+        if unlinked.freed > 0 {
+            let current = section.value()?;
+            section.lower_later(current.saturating_sub(unlinked.freed))?;
+            give_back_in(self.accounting().up_section()?.as_mut(), unlinked.freed)?;
+        }
+        unlinked.remove(self)
+    }
+
+    /// Take least recently used entries (with the handle's sampler) and
+    /// unlink their `object.info` files until `want` bytes are unlinked or
+    /// none is left that is not in use. The bytes are the caller's to move
+    /// (back out of `cache.size`, or into a reservation); until it does,
+    /// they are counted where they were and in no `object.info`: an
+    /// overcount, never an undercount.
+    pub(crate) fn unlink_lru(&self, want: u64) -> Unlinked {
         let objects = self.objects();
         let sampler = self.sampler();
-        let mut freed = 0u64;
-        let mut taken = Vec::new();
+        let mut unlinked = Unlinked {
+            freed: 0,
+            taken: Vec::new(),
+            outcome: Ok(()),
+        };
         let mut empty_passes = 0;
-        let mut outcome = Ok(());
-        'looking: while freed < want && empty_passes < 2 {
+        'looking: while unlinked.freed < want && empty_passes < 2 {
             let look = match sampler.look(objects) {
                 Ok(look) => look,
                 Err(e) => {
-                    outcome = Err(e);
+                    unlinked.outcome = Err(e);
                     break;
                 }
             };
@@ -188,9 +231,9 @@ impl FsCache {
                     Ok(Take::Held(v)) => match unlink_info(&v.dir) {
                         Ok(had) => {
                             if had {
-                                freed = freed.saturating_add(v.size.unwrap_or(0));
+                                unlinked.freed = unlinked.freed.saturating_add(v.size.unwrap_or(0));
                             }
-                            taken.push(*v);
+                            unlinked.taken.push(*v);
                             empty_passes = 0;
                             break;
                         }
@@ -198,31 +241,20 @@ impl FsCache {
                         // ours to change: it stays whole and valid.
                         Err(e) if e.is_denied() => {}
                         Err(e) => {
-                            outcome = Err(e);
+                            unlinked.outcome = Err(e);
                             break 'looking;
                         }
                     },
                     Ok(_) => {}
                     Err(e) => {
-                        outcome = Err(e);
+                        unlinked.outcome = Err(e);
                         break 'looking;
                     }
                 }
                 next = sampler.next_oldest();
             }
         }
-        // What is unlinked is given back, whatever else failed.
-        if freed > 0 {
-            let current = section.value()?;
-            section.lower_later(current.saturating_sub(freed))?;
-            give_back_in(self.accounting().up_section()?.as_mut(), freed)?;
-        }
-        let count = taken.len();
-        self.count_n(crate::cache::Event::Evicted, count as u64);
-        for v in taken {
-            v.remove_rest(objects);
-        }
-        outcome.map(|()| count)
+        unlinked
     }
 
     /// The removal protocol for entries we hold: in one size critical
