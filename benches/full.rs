@@ -140,14 +140,16 @@ fn main() {
         times.sort();
         let median = times[times.len() / 2];
         let p99 = times[times.len() * 99 / 100];
+        let p999 = times[times.len() * 999 / 1000];
         let max = times[times.len() - 1];
         let mean = ratio::mean(id).unwrap_or_default();
         println!(
-            "full {id:<16} stores {:>7}  mean {:>8.1} µs  median {:>8.1} µs  p99 {:>8.1} µs  max {:>9.1} µs  max/median {:>5.1}",
+            "full {id:<16} stores {:>7}  mean {:>8.1} µs  median {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  max {:>9.1} µs  max/median {:>5.1}",
             times.len(),
             mean.as_secs_f64() * 1e6,
             median.as_secs_f64() * 1e6,
             p99.as_secs_f64() * 1e6,
+            p999.as_secs_f64() * 1e6,
             max.as_secs_f64() * 1e6,
             max.as_secs_f64() / median.as_secs_f64(),
         );

@@ -164,6 +164,12 @@ pub(crate) fn unlink_info(dir: &Dir) -> Result<bool> {
 pub(crate) fn remove_entry(parent: &Dir, name: &str, dir: &Dir) -> Result<()> {
     unlink_info(dir)?;
     crate::failpoint!("remove-after-info");
+    remove_invalidated(parent, name, dir)
+}
+
+/// The rest of the removal protocol, for an entry whose `object.info` the
+/// caller has unlinked already (an evicted one, given back).
+pub(crate) fn remove_invalidated(parent: &Dir, name: &str, dir: &Dir) -> Result<()> {
     tree::remove_contents(dir.as_fd(), dir.path(), Some(LOCK_FILE))?;
     crate::failpoint!("remove-before-lock");
     match unlinkat(dir.as_fd(), LOCK_FILE, AtFlags::empty()) {

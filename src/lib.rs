@@ -125,22 +125,26 @@
 //! "fscache-reservation": true}`. The record is one of the `object.info`
 //! files, so at rest `cache.size` still equals their sum; a crash leaves
 //! an unlocked record, which the sweep (or osbuild's remover) gives back;
-//! a recount reads each record under its lock before it reads the
-//! entries. What a live handle holds in reserve counts as used: osbuild,
+//! a recount reads each record under its lock and holds the lock until
+//! it has read the entries too. What a live handle holds in reserve counts as used: osbuild,
 //! stats and eviction see the cache that much fuller until the handle
-//! closes; in a full cache a grant is four entries' worth, made room for
-//! by evicting in its own section. Durable commits and namespaces do
-//! without.
+//! closes. In a full cache a grant holds one entry, made room for in its
+//! section, and the next 64 commits make their room by evicting into the
+//! reservation (victims' `object.info` unlinked, then the record grown),
+//! so that `cache.size` stays at the maximum and no size section is
+//! entered. Durable commits and namespaces do without.
 //!
-//! **Eviction without a scan.** A commit that needs room evicts inside the
-//! size section it holds, what it needs and at most two entries of its
-//! size more toward the low watermark, and chooses them with a sampler:
-//! each handle keeps a cursor through `objects/` and a pool of the 64
-//! least recently used entries it has seen, reads 32 more last uses per
-//! eviction and evicts the oldest of the pool that is still unused. That
-//! is least recently used to within the pool: an entry unused for a whole
-//! pass of the cursor goes before anything used since, and a directory of
-//! at most 32 entries is read whole each time (exact). [`FsCache::gc`]
+//! **Eviction without a scan.** A commit that needs room evicts what it
+//! needs (in the size section it holds, at most two entries of its size
+//! more toward the low watermark; against a reservation, just what it
+//! needs) and chooses with a sampler: each handle keeps a cursor through
+//! `objects/` and a pool of the 64 least recently used entries it has
+//! seen, reads 8 more last uses per eviction and evicts the oldest of the
+//! pool that is still unused. That is least recently used to within the
+//! pool: an entry unused for a whole pass of the cursor goes before
+//! anything used since; in a cache of 3,000 entries with distinct last
+//! uses, 300 evictions took nothing newer than the oldest eighth; and a
+//! directory of at most 32 entries is read whole each time (exact). [`FsCache::gc`]
 //! and [`FsCache::clear`] still look at every entry and
 //! remove in exact LRU order. A load records a use by the lock file's
 //! atime, unless one was recorded less than a second ago: within a

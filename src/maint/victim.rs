@@ -8,7 +8,7 @@ use rustix::io::Errno;
 use crate::atomic::Dir;
 use crate::error::{Error, IoContext, Op, Result};
 use crate::layout::{
-    in_entry, is_regular, read_info, remove_entry, unlink_info, LOCK_FILE, OBJECT_INFO,
+    in_entry, is_regular, read_info, remove_invalidated, unlink_info, LOCK_FILE, OBJECT_INFO,
 };
 use crate::lock::{FileLock, LockKind, Wait};
 use crate::maint::scan::{scan, Kind};
@@ -85,7 +85,7 @@ impl Victim {
     /// (its `object.info` unlinked and its size given back); what cannot
     /// be removed is an invalid entry, for a sweep.
     pub(crate) fn remove_rest(self, objects: &Dir) {
-        let _ = remove_entry(objects, &self.name, &self.dir);
+        let _ = remove_invalidated(objects, &self.name, &self.dir);
     }
 
     /// The lock file's status when it was locked.
@@ -305,7 +305,7 @@ impl FsCache {
             // The entry is already invalid and given back: a failure here
             // leaves debris for a sweep by someone who may remove it, so
             // report it and keep going.
-            let fate = match remove_entry(objects, &v.name, &v.dir) {
+            let fate = match remove_invalidated(objects, &v.name, &v.dir) {
                 Ok(()) => Fate::Removed,
                 Err(e) => Fate::Stuck(Unremovable::from_error(v.dir.path(), e)?),
             };
