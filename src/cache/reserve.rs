@@ -301,11 +301,11 @@ impl FsCache {
         let size = info.size;
         let mut state = self.reserve().state();
         let covers = |state: &State| state.reservation.as_ref().is_some_and(|r| r.left >= size);
-        let full_at = match cfg.effective_maximum() {
+        let max_now = match cfg.effective_maximum() {
             MaxSize::Bytes(max) => Some(max),
             MaxSize::Unlimited => None,
         };
-        if state.evicting > 0 && full_at != Some(state.full_at) {
+        if state.evicting > 0 && max_now != Some(state.full_at) {
             state.evicting = 0;
         }
         if state.evicting > 0 && !covers(&state) {
