@@ -13,6 +13,21 @@ fn reservations(root: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// A cache of `n` entries whose maximum is exactly what they take, opened
+/// by a new handle (so that no reservation is live): every commit into it
+/// must evict.
+fn full_cache(n: usize) -> fscache::Result<(tempfile::TempDir, std::path::PathBuf, FsCache)> {
+    let (t, root) = new_cache(MaxSize::Unlimited);
+    let cache = FsCache::open("fscache-tests", &root)?;
+    for i in 0..n {
+        put(&cache, &format!("seed{i:03}"))?;
+    }
+    drop(cache);
+    let cache = FsCache::open("fscache-tests", &root)?;
+    cache.set_maximum_size(MaxSize::Bytes(entry_sizes(&root)))?;
+    Ok((t, root, cache))
+}
+
 fn put(cache: &FsCache, name: &str) -> fscache::Result<()> {
     let e = cache.store(name)?;
     std::fs::write(e.path().join("f"), name.as_bytes()).expect("write");
@@ -122,7 +137,7 @@ fn recounts_racing_commits_against_reservations_in_other_processes_never_underco
     // Had a recount missed bytes on their way from a reservation to an
     // entry, the total would now be below the sum (later give-backs
     // subtract what it never counted).
-    let sum: u64 = info_sizes(&root).iter().map(|(_, s)| s).sum();
+    let sum = info_sum(&root);
     assert!(size_file(&root) >= sum, "{} < {sum}", size_file(&root));
     let cache = FsCache::open("fscache-tests", &root)?;
     cache.sweep_orphans()?;
@@ -139,14 +154,7 @@ fn recounts_racing_evictions_into_reservations_in_a_full_cache_never_undercount(
     // object.info into a record while recounts run. A recount's result
     // lasts until the next, so each round races one recount against two
     // processes' stores and then checks the total at rest.
-    let (_t, root) = new_cache(MaxSize::Unlimited);
-    let cache = FsCache::open("fscache-tests", &root)?;
-    for i in 0..200 {
-        put(&cache, &format!("seed{i:03}"))?;
-    }
-    drop(cache);
-    let cache = FsCache::open("fscache-tests", &root)?;
-    cache.set_maximum_size(MaxSize::Bytes(cache.accounted_size()?))?;
+    let (_t, root, cache) = full_cache(200)?;
     let mut workers: Vec<Worker> = (0..2).map(|_| Worker::spawn(&root)).collect();
     // Past the commits that take no reservation, into a full cache.
     for (i, w) in workers.iter_mut().enumerate() {
@@ -169,7 +177,7 @@ fn recounts_racing_evictions_into_reservations_in_a_full_cache_never_undercount(
         // At rest every record is an object.info too: a recount that
         // missed bytes on their way from an entry to a record left the
         // total below the sum.
-        let sum: u64 = info_sizes(&root).iter().map(|(_, s)| s).sum();
+        let sum = info_sum(&root);
         assert!(
             size_file(&root) >= sum,
             "round {round}: {} < {sum}",
@@ -188,14 +196,7 @@ fn recounts_racing_evictions_into_reservations_in_a_full_cache_never_undercount(
 
 #[test]
 fn a_full_cache_takes_each_store_with_one_eviction_and_almost_no_size_section() -> TestResult {
-    let (_t, root) = new_cache(MaxSize::Unlimited);
-    let cache = FsCache::open("fscache-tests", &root)?;
-    for i in 0..400 {
-        put(&cache, &format!("seed{i:03}"))?;
-    }
-    drop(cache);
-    let cache = FsCache::open("fscache-tests", &root)?;
-    cache.set_maximum_size(MaxSize::Bytes(entry_sizes(&root)))?;
+    let (_t, root, cache) = full_cache(400)?;
     let mut replaced = 0;
     let mut last = size_inode(&root);
     let mut evicted_by = Vec::new();
@@ -237,24 +238,13 @@ fn a_full_cache_takes_each_store_with_one_eviction_and_almost_no_size_section() 
 fn a_process_killed_while_evicting_into_its_reservation_leaves_only_an_overcount() -> TestResult {
     use std::os::unix::process::ExitStatusExt;
     for point in fscache::failpoint::FULL_CACHE {
-        let (_t, root) = new_cache(MaxSize::Unlimited);
-        let cache = FsCache::open("fscache-tests", &root)?;
-        for i in 0..200 {
-            put(&cache, &format!("seed{i:03}"))?;
-        }
-        drop(cache);
-        let cache = FsCache::open("fscache-tests", &root)?;
-        cache.set_maximum_size(MaxSize::Bytes(cache.accounted_size()?))?;
+        let (_t, root, cache) = full_cache(200)?;
         let mut w = Worker::spawn_with(&root, &[("FSCACHE_FAILPOINT", point)]);
         // Past the commits that take no reservation, into the first that
         // evicts into one.
         assert!(w.try_ask("fill k- 100 7").is_none(), "{point} not reached");
         assert_eq!(w.reap().signal(), Some(9), "{point}");
-        let drift = size_file(&root) as i64
-            - info_sizes(&root)
-                .iter()
-                .map(|(_, s)| *s as i64)
-                .sum::<i64>();
+        let drift = size_file(&root) as i64 - info_sum(&root) as i64;
         assert!(
             drift > 0,
             "{point}: the victim's bytes are still counted: {drift}"
@@ -280,6 +270,12 @@ fn a_process_killed_while_evicting_into_its_reservation_leaves_only_an_overcount
         }
     }
     Ok(())
+}
+
+/// The sum of every `object.info` in `objects/`, reservations' records
+/// included.
+fn info_sum(root: &std::path::Path) -> u64 {
+    info_sizes(root).iter().map(|(_, s)| s).sum()
 }
 
 fn size_inode(root: &std::path::Path) -> u64 {
