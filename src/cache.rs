@@ -81,6 +81,9 @@ pub struct FsCache {
 
 /// What one open cache holds, shared by its handles and guards.
 pub(crate) struct Inner {
+    /// First, so that it drops first: the victims it still holds are
+    /// removed while the handle's lock on `cache.lock` says it is in use.
+    remover: crate::maint::Remover,
     root: Dir,
     objects: Arc<Dir>,
     stage: Arc<Dir>,
@@ -326,6 +329,10 @@ impl FsCache {
     }
 
     /// What this handle holds in reserve (see `reserve`).
+    pub(crate) fn remover(&self) -> &crate::maint::Remover {
+        &self.inner.remover
+    }
+
     pub(crate) fn reserve(&self) -> &reserve::Reserve {
         &self.inner.reserve
     }

@@ -27,7 +27,7 @@ pub const ALL: &[&str] = &[
 /// Crash points that only a full cache with a live reservation reaches,
 /// which the crash matrix's script (whose entries must all survive) cannot
 /// make: each has a test of its own in `tests/reserve.rs`.
-pub const FULL_CACHE: &[&str] = &["evict-into-before-record"];
+pub const FULL_CACHE: &[&str] = &["evict-into-before-record", "remover-before-remove"];
 
 #[cfg(feature = "failpoints")]
 #[doc(hidden)]

@@ -146,7 +146,23 @@
 //! uses, 300 evictions took nothing newer than the oldest eighth; and a
 //! directory of at most 32 entries is read whole each time (exact). [`FsCache::gc`]
 //! and [`FsCache::clear`] still look at every entry and
-//! remove in exact LRU order. A load records a use by the lock file's
+//! remove in exact LRU order.
+//!
+//! **Victims are removed by a thread of the handle.** A victim evicted
+//! into a reservation is out of the cache once its `object.info` is
+//! unlinked; the rest of its removal (most of the cost of a full store:
+//! on a disk that discards freed blocks, about a millisecond) goes to one
+//! thread per open cache, started at the first such eviction, while the
+//! store returns. The thread takes at most 8 victims at a time; when it
+//! has no room, or cannot be started, or the handle is used in a child
+//! after `fork`, the store removes its own victims. Dropping the last
+//! clone of a handle waits until the thread has removed every victim.
+//! Until then a victim is an entry without `object.info` whose lock we
+//! hold: loads miss it, a store of its name finds the name taken, and a
+//! sweep (ours or osbuild's) leaves it alone; if the process dies first,
+//! it is an invalid entry that a sweep removes.
+//!
+//! A load records a use by the lock file's
 //! atime, unless one was recorded less than a second ago: within a
 //! second, uses count as one.
 //!
@@ -317,6 +333,11 @@
 //! # Limitations
 //!
 //! Linux only (OFD locks, `renameat2`, `openat2`, `O_TMPFILE`).
+//!
+//! A handle that is never dropped (one kept in a `static`, or a process
+//! that exits with `std::process::exit`) does not wait for its remover
+//! thread: up to 8 evicted entries may stay behind as invalid entries,
+//! which the next sweep removes.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -5,6 +5,7 @@
 
 mod entries;
 mod gc;
+mod remover;
 mod sample;
 mod scan;
 mod stats;
@@ -13,6 +14,7 @@ mod victim;
 
 pub use entries::{EntryInfo, Listing};
 pub use gc::{ClearReport, Eviction, GcOptions, GcReport, Reason, Removed};
+pub(crate) use remover::Remover;
 pub(crate) use sample::Sampler;
 pub use stats::{ResyncReport, Stats};
 pub use sweep::{SweepReport, Unremovable};

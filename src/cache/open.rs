@@ -298,6 +298,7 @@ impl OpenOptions {
             validated: Default::default(),
             reserve: Default::default(),
             sampler: Default::default(),
+            remover: crate::maint::Remover::new(),
             _cache_lock: cache_lock,
         }))
     }

@@ -435,6 +435,9 @@ impl FsCache {
     /// Only a reservation granted in a section takes bytes this way, so
     /// it was in `objects/` before any recount now under way began, and
     /// that recount holds its lock.
+    ///
+    /// What is left of the victims goes to the handle's remover thread
+    /// (`maint::remover`): they are out of the cache already.
     fn evict_into(&self, r: &mut Reservation, size: u64) -> Result<()> {
         lock_fd(r.record.as_fd(), LockKind::Exclusive, &r.record_path)?;
         let unlinked = self.unlink_lru(size.saturating_sub(r.left));
@@ -446,7 +449,7 @@ impl FsCache {
             Ok(())
         };
         let unlocked = unlock_fd(r.record.as_fd(), &r.record_path);
-        let removed = unlinked.remove(self);
+        let removed = unlinked.remove_later(self);
         moved.and(unlocked).and(removed.map(drop))
     }
 }

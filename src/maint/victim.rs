@@ -78,6 +78,15 @@ impl Unlinked {
         }
         self.outcome.map(|()| count)
     }
+
+    /// [`Unlinked::remove`], but off the caller's path where the handle's
+    /// [`Remover`](crate::maint::Remover) has room.
+    pub(crate) fn remove_later(self, cache: &FsCache) -> Result<usize> {
+        let count = self.taken.len();
+        cache.count_n(crate::cache::Event::Evicted, count as u64);
+        cache.remover().remove(cache.objects(), self.taken);
+        self.outcome.map(|()| count)
+    }
 }
 
 impl Victim {

@@ -484,3 +484,26 @@ impl Drop for Tmpfs {
         }
     }
 }
+
+/// A cache of `n` entries whose maximum is exactly what they take, opened
+/// by a new handle (so that no reservation is live): every commit into it
+/// must evict.
+pub fn full_cache(n: usize) -> fscache::Result<(tempfile::TempDir, PathBuf, fscache::FsCache)> {
+    let (t, root) = new_cache(fscache::MaxSize::Unlimited);
+    let cache = fscache::FsCache::open("fscache-tests", &root)?;
+    for i in 0..n {
+        put_own_name(&cache, &format!("seed{i:03}"))?;
+    }
+    drop(cache);
+    let cache = fscache::FsCache::open("fscache-tests", &root)?;
+    cache.set_maximum_size(fscache::MaxSize::Bytes(entry_sizes(&root)))?;
+    Ok((t, root, cache))
+}
+
+/// Store an entry whose one file holds its name.
+pub fn put_own_name(cache: &fscache::FsCache, name: &str) -> fscache::Result<()> {
+    let e = cache.store(name)?;
+    std::fs::write(e.path().join("f"), name.as_bytes()).expect("write");
+    assert!(e.commit()?.is_stored(), "{name}");
+    Ok(())
+}
