@@ -120,3 +120,32 @@ impl Drop for Remover {
         let _ = w.thread.join();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FsCache, MaxSize};
+
+    #[test]
+    fn a_handle_used_in_a_forked_child_removes_its_victims_itself_and_starts_no_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = FsCache::open("fscache-tests", dir.path()).expect("open");
+        cache.set_maximum_size(MaxSize::Unlimited).expect("max");
+        for name in ["a", "b"] {
+            let e = cache.store(name).expect("store");
+            assert!(e.commit().expect("commit").is_stored());
+        }
+        let victims = cache.unlink_lru(u64::MAX).into_taken();
+        assert_eq!(victims.len(), 2);
+        // What a child sees after `fork`: a handle another process opened.
+        let in_child = Remover {
+            owner: Pid::INIT,
+            worker: OnceLock::new(),
+        };
+        in_child.remove(cache.objects(), victims);
+        assert!(in_child.worker.get().is_none(), "a thread was started");
+        for name in ["a", "b"] {
+            assert!(!dir.path().join("objects").join(name).exists(), "{name}");
+        }
+    }
+}

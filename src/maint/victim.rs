@@ -79,6 +79,11 @@ impl Unlinked {
         self.outcome.map(|()| count)
     }
 
+    #[cfg(test)]
+    pub(crate) fn into_taken(self) -> Vec<Victim> {
+        self.taken
+    }
+
     /// [`Unlinked::remove`], but off the caller's path where the handle's
     /// [`Remover`](crate::maint::Remover) has room.
     pub(crate) fn remove_later(self, cache: &FsCache) -> Result<usize> {
