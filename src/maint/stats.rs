@@ -38,7 +38,9 @@ pub struct Stats {
     pub orphans_from_previous_boot: u64,
     /// Anonymous entries being built or staged by live processes.
     pub live_anonymous: u64,
-    /// Named directories without a valid `object.info`.
+    /// Named directories without a valid `object.info`: removals cut
+    /// short, and evicted entries whose removal is under way (a handle's
+    /// remover thread holds a few at a time).
     pub invalid_entries: u64,
     /// Entries tagged with another boot id: committed during an earlier
     /// boot (or by another application). Untagged entries count in neither.
