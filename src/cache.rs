@@ -328,11 +328,12 @@ impl FsCache {
         &self.inner.sampler
     }
 
-    /// What this handle holds in reserve (see `reserve`).
+    /// This handle's thread for evicted entries (see `maint::remover`).
     pub(crate) fn remover(&self) -> &crate::maint::Remover {
         &self.inner.remover
     }
 
+    /// What this handle holds in reserve (see `reserve`).
     pub(crate) fn reserve(&self) -> &reserve::Reserve {
         &self.inner.reserve
     }

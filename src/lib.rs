@@ -154,8 +154,9 @@
 //! on a disk that discards freed blocks, about a millisecond) goes to one
 //! thread per open cache, started at the first such eviction, while the
 //! store returns. The thread holds at most 8 victims, is woken for 4 at
-//! a time and removes fewer after 10 ms; when it has no room, or cannot be started, or the handle is used in a child
-//! after `fork`, the store removes its own victims. Dropping the last
+//! a time and removes fewer after 10 ms; when it has no room, or cannot
+//! be started, or the handle is used in a child after `fork`, the store
+//! removes its own victims. Dropping the last
 //! clone of a handle waits until the thread has removed every victim.
 //! Until then a victim is an entry without `object.info` whose lock we
 //! hold: loads miss it, a store of its name finds the name taken, and a

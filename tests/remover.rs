@@ -62,8 +62,10 @@ fn a_few_victims_are_removed_soon_by_a_live_handle_that_stores_nothing_more() ->
     for i in 0..40 {
         put_own_name(&cache, &format!("new{i:04}"))?;
     }
-    // The thread removes a short batch by itself, after 10 ms; give it
-    // far longer before calling it lost.
+    // The thread removes a short batch by itself, after 10 ms. That is a
+    // promise about time, made by a thread of this process, with no event
+    // to wait on: poll for it, and give it far longer before calling it
+    // lost.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !invalid_entries(&root).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -119,10 +119,7 @@ fn recounts_racing_commits_against_reservations_in_other_processes_never_underco
     assert!(size_file(&root) >= sum, "{} < {sum}", size_file(&root));
     let cache = FsCache::open("fscache-tests", &root)?;
     cache.sweep_orphans()?;
-    assert!(size_file(&root) >= entry_sizes(&root));
-    cache.resync()?;
-    assert_exact(&root);
-    Ok(())
+    resync_is_exact_and_was_no_undercount(&cache, &root)
 }
 
 #[test]
@@ -166,10 +163,7 @@ fn recounts_racing_evictions_into_reservations_in_a_full_cache_never_undercount(
     assert!(evicted >= 1400, "the stores made their room: {evicted}");
     drop(workers);
     cache.sweep_orphans()?;
-    assert!(size_file(&root) >= entry_sizes(&root));
-    cache.resync()?;
-    assert_exact(&root);
-    Ok(())
+    resync_is_exact_and_was_no_undercount(&cache, &root)
 }
 
 #[test]
@@ -238,9 +232,7 @@ fn a_process_killed_while_evicting_into_its_reservation_leaves_only_an_overcount
             swept.invalid_entries >= 1,
             "{point}: the victim was left without its object.info: {swept:?}"
         );
-        assert!(size_file(&root) >= entry_sizes(&root), "{point}");
-        cache.resync()?;
-        assert_exact(&root);
+        resync_is_exact_and_was_no_undercount(&cache, &root)?;
         for name in names(&root.join("objects")) {
             if let Some(hit) = cache.load(&name)? {
                 fscache::stress::payload::verify(hit.path())
@@ -257,6 +249,16 @@ fn a_process_killed_while_evicting_into_its_reservation_leaves_only_an_overcount
             }
         }
     }
+    Ok(())
+}
+
+/// After a sweep: `cache.size` was at least what the entries take, and a
+/// resync makes it exact.
+fn resync_is_exact_and_was_no_undercount(cache: &FsCache, root: &std::path::Path) -> TestResult {
+    let (held, sum) = (size_file(root), entry_sizes(root));
+    assert!(held >= sum, "undercount: {held} < {sum}");
+    cache.resync()?;
+    assert_exact(root);
     Ok(())
 }
 

@@ -87,7 +87,7 @@ struct Queue {
 
 /// What the thread is doing, which says when a handover must wake it: a
 /// wake is a system call, and waking a sleeping thread the dearest one.
-#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+#[derive(Debug, Default)]
 enum Thread {
     /// Removing: it looks at the queue again when done.
     #[default]
@@ -115,8 +115,7 @@ impl Remover {
 
     /// Remove `victims` (taken out of the cache in `objects`): in the
     /// thread if it has room, else here.
-    pub(crate) fn remove(&self, objects: &Arc<Dir>, victims: Vec<Victim>) {
-        let mut victims = victims;
+    pub(crate) fn remove(&self, objects: &Arc<Dir>, mut victims: Vec<Victim>) {
         if !victims.is_empty() && self.owner == getpid() {
             let worker = self
                 .worker

@@ -71,12 +71,11 @@ impl Unlinked {
     /// evicted); then the error met while taking them, if any. Returns how
     /// many were taken.
     pub(crate) fn remove(self, cache: &FsCache) -> Result<usize> {
-        let count = self.taken.len();
-        cache.count_n(crate::cache::Event::Evicted, count as u64);
-        for v in self.taken {
-            v.remove_rest(cache.objects());
-        }
-        self.outcome.map(|()| count)
+        self.settle(cache, |taken| {
+            for v in taken {
+                v.remove_rest(cache.objects());
+            }
+        })
     }
 
     #[cfg(test)]
@@ -87,9 +86,17 @@ impl Unlinked {
     /// [`Unlinked::remove`], but off the caller's path where the handle's
     /// [`Remover`](crate::maint::Remover) has room.
     pub(crate) fn remove_later(self, cache: &FsCache) -> Result<usize> {
+        self.settle(cache, |taken| {
+            cache.remover().remove(cache.objects(), taken)
+        })
+    }
+
+    /// Count the entries taken as evicted and hand them to `remove`; then
+    /// the error met while taking them, if any.
+    fn settle(self, cache: &FsCache, remove: impl FnOnce(Vec<Victim>)) -> Result<usize> {
         let count = self.taken.len();
         cache.count_n(crate::cache::Event::Evicted, count as u64);
-        cache.remover().remove(cache.objects(), self.taken);
+        remove(self.taken);
         self.outcome.map(|()| count)
     }
 }
